@@ -102,8 +102,10 @@ class TrainConfig:
 class VaaConfig:
     steps: int = 10_000
     """Stabilisation steps S of the exact VAA measurement."""
-    samples: int = 100
-    """Number of sampled hidden states n of the exact VAA measurement."""
+    samples: int = 32
+    """Sampled hidden states n per estimate of the exact VAA (the reference: one batch of 32)."""
+    estimates: int = 10
+    """Independent estimates averaged per exact-VAA measurement (the reference: 10)."""
     eps: float = 1e-4
     """Distance tolerance of the exact VAA."""
     every: int = 1
@@ -179,7 +181,7 @@ class TrialConfig:
                 raise ValueError(f"{key}={d[key]!r} is not one of {', '.join(choices)}")
         positive = ["task.seq_len", "task.train_samples", "task.test_samples", "model.hidden_size",
                     "model.num_layers", "warmup.batch_size", "warmup.max_stabilization",
-                    "train.batch_size", "vaa.steps", "vaa.samples", "replicas"]
+                    "train.batch_size", "vaa.steps", "vaa.samples", "vaa.estimates", "replicas"]
         for key in positive:
             if d[key] < 1:
                 raise ValueError(f"{key} must be >= 1 but got {d[key]!r}")

@@ -1,0 +1,210 @@
+"""Recurrent cells behind one interface (ALGORITHM.md, "Cells").
+
+Every cell maps a time-major input ``x`` of shape ``(T, B, I)`` and an optional state (a tuple of
+``(B, H)`` tensors: ``(h,)`` or ``(h, c)``) to the output sequence ``(T, B, H)`` and the final state.
+``forward_states`` returns every step's state instead (one ``(T, B, H)`` tensor per state component),
+which hidden-state sampling needs. The input projections of all time steps are one matmul; BRC, nBRC
+and MGU then run their recurrence through :mod:`pipeline.fused`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import importlib
+
+State = tuple[Tensor, ...]
+
+
+class Cell(nn.Module):
+    """Common interface. Subclasses implement :meth:`forward_states`."""
+
+    n_state: int = 1
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+
+    def zero_state(self, batch: int, like: Tensor) -> State:
+        z = like.new_zeros(batch, self.hidden_size)
+        return tuple(z for _ in range(self.n_state))
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        """Every step's state: a tuple of ``(T, B, H)`` tensors (the first one is the output)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Output sequence ``(T, B, H)`` and final state (tuple of ``(B, H)``)."""
+        seqs = self.forward_states(x, state)
+        return seqs[0], tuple(s[-1] for s in seqs)
+
+
+def _block_init(weight: Tensor, blocks: int, init) -> None:
+    """Apply ``init`` to each of ``blocks`` row blocks of ``weight`` (one gate each)."""
+    with torch.no_grad():
+        for chunk in weight.chunk(blocks, dim=0):
+            init(chunk)
+
+
+class GRU(Cell):
+    """Standard GRU (cuDNN/oneDNN): xavier input weights and orthogonal recurrent weights per gate
+    block, zero biases (the reference initialisation, not torch's)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.rnn = nn.GRU(input_size, hidden_size)
+        _block_init(self.rnn.weight_ih_l0, 3, nn.init.xavier_uniform_)
+        _block_init(self.rnn.weight_hh_l0, 3, nn.init.orthogonal_)
+        nn.init.zeros_(self.rnn.bias_ih_l0)
+        nn.init.zeros_(self.rnn.bias_hh_l0)
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        h0 = None if state is None else state[0].unsqueeze(0).contiguous()
+        y, _ = self.rnn(x, h0)  # (T, B, H)
+        return (y,)
+
+
+class LSTM(Cell):
+    """Standard LSTM with torch's default initialisation; state ``(h, c)``.
+
+    The output sequence comes from the fused library kernel. The cell state of every step (needed to
+    sample LSTM states) is recomputed from it: with ``h_{t-1}`` known for all t, the gates of all
+    steps are one matmul and ``c_t = f_t * c_{t-1} + i_t * g_t`` is an element-wise scan. This is the
+    same function of the parameters, so its gradients are exact.
+    """
+
+    n_state = 2
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        self.rnn = nn.LSTM(input_size, hidden_size)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        hc = None if state is None else tuple(s.unsqueeze(0).contiguous() for s in state)
+        y, (h, c) = self.rnn(x, hc)
+        return y, (h[0], c[0])
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        state = self.zero_state(x.size(1), x) if state is None else state
+        y, _ = self.forward(x, state)  # (T, B, H)
+        r = self.rnn
+        h_prev = torch.cat([state[0].unsqueeze(0), y[:-1]], dim=0)  # (T, B, H)
+        gates = (torch.nn.functional.linear(x, r.weight_ih_l0, r.bias_ih_l0 + r.bias_hh_l0)
+                 + h_prev @ r.weight_hh_l0.T)  # (T, B, 4H), torch order i, f, g, o
+        i, f, g, _ = gates.chunk(4, dim=-1)
+        cs = _linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
+        return (y, cs)
+
+
+class Chrono(LSTM):
+    """LSTM with the chrono initialisation: forget bias log(u), input bias -log(u),
+    u ~ U[1, T_max - 1]; by default set on both torch bias vectors (doubling it), as the reference
+    code does."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, t_max: float = 600.0,
+                 double: bool = True) -> None:
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        with torch.no_grad():
+            u = torch.empty(H).uniform_(1.0, t_max - 1.0)
+            for k, bias in enumerate((self.rnn.bias_ih_l0, self.rnn.bias_hh_l0)):
+                bias.zero_()
+                if k == 0 or double:
+                    bias[H:2 * H] = torch.log(u)  # forget gate
+                    bias[0:H] = -torch.log(u)  # input gate
+
+
+class MGU(Cell):
+    """Minimal gated unit: f = sig(Wf x + Uf h + bf); n = tanh(Wh x + Uh (f*h) + bh);
+    h' = (1-f)*h + f*n. Xavier weights, zero biases."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.weight_x = nn.Parameter(torch.empty(2 * H, input_size))
+        self.bias = nn.Parameter(torch.zeros(2 * H))
+        self.weight_f = nn.Parameter(torch.empty(H, H))
+        self.weight_n = nn.Parameter(torch.empty(H, H))
+        _block_init(self.weight_x, 2, nn.init.xavier_uniform_)
+        nn.init.xavier_uniform_(self.weight_f)
+        nn.init.xavier_uniform_(self.weight_n)
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
+        xf, xn = _project(x, self.weight_x, self.bias).chunk(2, dim=-1)  # (T, B, H) each
+        return (importlib.import_module("pipeline.fused").mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
+
+
+class BRC(Cell):
+    """Bistable recurrent cell: c = sig(Uc x + wc*h + bc); a = 1 + tanh(Ua x + wa*h + ba);
+    h' = c*h + (1-c)*tanh(Uh x + a*h + bh). U xavier, wc = wa = 1, zero biases."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.weight_x = nn.Parameter(torch.empty(3 * H, input_size))
+        self.bias = nn.Parameter(torch.zeros(3 * H))
+        self.w_c = nn.Parameter(torch.ones(H))
+        self.w_a = nn.Parameter(torch.ones(H))
+        _block_init(self.weight_x, 3, nn.init.xavier_uniform_)
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
+        xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
+        return (importlib.import_module("pipeline.fused").brc_scan(xc, xa, xh, self.w_c, self.w_a, h0),)
+
+
+class NBRC(Cell):
+    """Neuromodulated BRC: as BRC with wc*h -> Wc h and wa*h -> Wa h (full matrices). Xavier
+    weights, zero biases."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.weight_x = nn.Parameter(torch.empty(3 * H, input_size))
+        self.bias = nn.Parameter(torch.zeros(3 * H))
+        self.weight_c = nn.Parameter(torch.empty(H, H))
+        self.weight_a = nn.Parameter(torch.empty(H, H))
+        _block_init(self.weight_x, 3, nn.init.xavier_uniform_)
+        nn.init.xavier_uniform_(self.weight_c)
+        nn.init.xavier_uniform_(self.weight_a)
+
+    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
+        xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
+        return (importlib.import_module("pipeline.fused").nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
+
+
+def _linear_scan(f: Tensor, v: Tensor, c0: Tensor) -> Tensor:
+    """``c_t = f_t * c_{t-1} + v_t`` for all t: ``(T, B, H)`` gates, ``(B, H)`` start -> ``(T, B, H)``."""
+    out = []
+    c = c0
+    for t in range(f.size(0)):
+        c = torch.addcmul(v[t], f[t], c)
+        out.append(c)
+    return torch.stack(out)
+
+
+def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Input projections of all time steps in one matmul: ``(T, B, I) -> (T, B, kH)``.
+
+    A time-constant input (stride 0 along T, as in the warm-up's stabilisation) is projected once
+    and expanded back, so it costs one step instead of T.
+    """
+    if x.size(0) > 1 and x.stride(0) == 0:
+        return torch.nn.functional.linear(x[:1], weight, bias).expand(x.size(0), -1, -1)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def make_cell(name: str, input_size: int, hidden_size: int, *, chrono_t_max: float = 600.0,
+              chrono_double: bool = True) -> Cell:
+    """Build a cell by name (gru | lstm | chrono | mgu | brc | nbrc)."""
+    if name == "chrono":
+        return Chrono(input_size, hidden_size, t_max=chrono_t_max, double=chrono_double)
+    classes = {"gru": GRU, "lstm": LSTM, "mgu": MGU, "brc": BRC, "nbrc": NBRC}
+    if name not in classes:
+        raise ValueError(f"unknown cell {name!r}; valid cells: gru, lstm, chrono, mgu, brc, nbrc")
+    return classes[name](input_size, hidden_size)
+

@@ -1,0 +1,28 @@
+"""Explicit seeding and device choice for one trial."""
+
+from __future__ import annotations
+
+import torch
+
+
+def seed_trial(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """Seed torch's global RNG (weight initialisation) and return two CPU generators: one for data
+    and warm-up draws, one for the exact-VAA measurements (so that measuring never shifts the data
+    stream). Called at the start of every trial, so reused actors never leak RNG state."""
+    torch.manual_seed(seed)
+    data = torch.Generator().manual_seed(seed)
+    measure = torch.Generator().manual_seed(seed + 7_919_000)
+    return data, measure
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        ValueError: ``cuda`` asked for on a machine without CUDA.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch sees no CUDA device on this machine")
+    return torch.device(name)
