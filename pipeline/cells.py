@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-import importlib
+from pipeline import fused
 
 State = tuple[Tensor, ...]
 
@@ -134,7 +134,7 @@ class MGU(Cell):
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xf, xn = _project(x, self.weight_x, self.bias).chunk(2, dim=-1)  # (T, B, H) each
-        return (importlib.import_module("pipeline.fused").mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
+        return (fused.mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
 
 
 class BRC(Cell):
@@ -153,7 +153,7 @@ class BRC(Cell):
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
-        return (importlib.import_module("pipeline.fused").brc_scan(xc, xa, xh, self.w_c, self.w_a, h0),)
+        return (fused.brc_scan(xc, xa, xh, self.w_c, self.w_a, h0),)
 
 
 class NBRC(Cell):
@@ -174,7 +174,7 @@ class NBRC(Cell):
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
-        return (importlib.import_module("pipeline.fused").nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
+        return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
 
 
 def _linear_scan(f: Tensor, v: Tensor, c0: Tensor) -> Tensor:

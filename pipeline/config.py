@@ -96,6 +96,9 @@ class TrainConfig:
     """Adam learning rate (a fresh optimiser; the warm-up's state is discarded)."""
     clip: float = 0.0
     """Gradient-norm clipping threshold; 0 disables clipping (the reference default)."""
+    divergence_threshold: float = 1e6
+    """A training or validation loss above this (or NaN/Inf) ends the trial as diverged. Chance
+    level is ~1 (MSE) or ~2.3 (cross-entropy), so 1e6 only catches a blown-up optimisation."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class TrialConfig:
         for key in ["warmup.steps", "warmup.increment", "train.epochs", "vaa.every", "seed"]:
             if d[key] < 0:
                 raise ValueError(f"{key} must be >= 0 but got {d[key]!r}")
-        for key in ["warmup.lr", "warmup.eps", "train.lr", "vaa.eps"]:
+        for key in ["warmup.lr", "warmup.eps", "train.lr", "vaa.eps", "train.divergence_threshold"]:
             if not (d[key] > 0 and math.isfinite(d[key])):
                 raise ValueError(f"{key} must be a finite number > 0 but got {d[key]!r}")
         if not 0.0 <= d["warmup.fraction"] <= 1.0:

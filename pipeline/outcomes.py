@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class Diverged(Exception):
-    """A loss became NaN or Inf.
+    """A loss became NaN or Inf (or exceeded the divergence threshold).
 
     Args:
         phase: ``"warmup"`` or ``"train"``.
@@ -12,7 +12,7 @@ class Diverged(Exception):
     """
 
     def __init__(self, phase: str, step: int) -> None:
-        super().__init__(f"non-finite loss in {phase} at step {step}")
+        super().__init__(f"non-finite or exploding loss in {phase} at step {step}")
         self.phase = phase
         self.step = step
 

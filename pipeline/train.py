@@ -1,9 +1,9 @@
 """The supervised training loop (ALGORITHM.md, "Training protocol").
 
-A fresh Adam, minibatches from the 80% training part, validation after every epoch, the exact VAA on
-a fixed batch every ``vaa.every`` epochs, the best-validation weights restored at the end. Losses stay
-on the device during an epoch (no host synchronisation per step) and are checked for NaN/Inf at its
-end, naming the first bad step.
+A fresh Adam, minibatches from the 80% training part, validation after every epoch, the exact VAA
+every ``vaa.every`` epochs, the best-validation weights restored at the end. Losses stay on the device
+during an epoch (no host synchronisation per step) and are checked at its end for NaN/Inf or a value
+above ``train.divergence_threshold``, naming the first bad step.
 """
 
 from __future__ import annotations
@@ -76,12 +76,13 @@ class Trainer:
             self.opt.step()
             losses.append(loss.detach())
         batch_losses = torch.stack(losses).cpu()  # one sync per epoch
-        bad = (~torch.isfinite(batch_losses)).nonzero()
+        limit = tc.divergence_threshold
+        bad = (~torch.isfinite(batch_losses) | (batch_losses > limit)).nonzero()
         if bad.numel():
             raise Diverged("train", self.steps_done + int(bad[0, 0]))
         self.steps_done += len(losses)
         valid_loss, valid_acc = evaluate(net, task, task.valid, self.device)
-        if not math.isfinite(valid_loss):
+        if not math.isfinite(valid_loss) or valid_loss > limit:
             raise Diverged("train", self.steps_done - 1)
         if valid_loss < self.best_loss:
             self.best_loss, self.best_epoch = valid_loss, epoch

@@ -1,0 +1,129 @@
+"""run_trial and the one-trial CLI: records, determinism, divergence, pruning, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.outcomes import StopTrial
+from pipeline.trial import CURVE_FIELDS, RECORD_FIELDS, main, run_trial
+from tests.core_configs import tiny
+
+TIMING = {"warmup_s", "train_s", "curves"}
+
+
+def comparable(rec: dict) -> dict:
+    out = {k: v for k, v in rec.items() if k not in TIMING}
+    out["curves"] = [{k: v for k, v in c.items() if k != "elapsed_s"} for c in rec["curves"]]
+    return out
+
+
+def test_record_has_every_field_and_curves() -> None:
+    rec = run_trial(tiny())
+    assert rec["status"] == "completed", rec["error"]
+    assert set(RECORD_FIELDS) <= rec.keys()
+    assert rec["model.cell"] == "gru" and rec["task.seq_len"] == 10  # config keys as columns
+    assert rec["epochs_run"] == 2 and rec["warmup_steps_run"] == 3
+    assert rec["n_params"] > 0 and rec["best_epoch"] in (1, 2)
+    assert math.isfinite(rec["test_loss"]) and rec["test_accuracy"] is None
+    for key in ("vaa_init", "vaa_warm", "vaa_star_init", "vaa_star_warm"):
+        assert 0 < rec[key] <= 1.0 + 1e-6, key
+    phases = [c["phase"] for c in rec["curves"]]
+    assert phases == ["warmup"] * 3 + ["train"] * 2
+    assert all(set(c) == set(CURVE_FIELDS) for c in rec["curves"])
+    assert all(c["vaa"] is not None for c in rec["curves"] if c["phase"] == "train")
+
+
+def test_same_seed_same_record_other_seed_different() -> None:
+    a, b = run_trial(tiny(seed=3)), run_trial(tiny(seed=3))
+    c = run_trial(tiny(seed=4))
+    assert comparable(a) == comparable(b)
+    assert a["test_loss"] != c["test_loss"]
+    assert a["curves"][0]["train_loss"] != c["curves"][0]["train_loss"]
+
+
+def test_parallel_network_parameter_count() -> None:
+    full = run_trial(tiny(**{"train.epochs": 0, "warmup.steps": 0}))
+    half = run_trial(tiny(**{"train.epochs": 0, "warmup.steps": 0, "warmup.fraction": 0.5}))
+    # GRU: 3 gates x (in*h + h*h + 2h) per part; two half-width parts have fewer recurrent weights
+    def gru(i: int, h: int) -> int:
+        return 3 * (i * h + h * h + 2 * h)
+    assert full["n_params"] == gru(1, 8) + gru(8, 8) + 9
+    assert half["n_params"] == 2 * gru(1, 4) + 2 * gru(8, 4) + 9
+
+
+def test_warmed_gru_learns_copy_task_fast() -> None:
+    t0 = time.perf_counter()
+    rec = run_trial({"model.hidden_size": 32, "task.seq_len": 10, "task.train_samples": 2000,
+                     "task.test_samples": 500, "train.epochs": 6, "warmup.steps": 30,
+                     "train.lr": 3e-3, "vaa.every": 0, "vaa.steps": 100, "vaa.estimates": 1,
+                     "device": "cpu", "seed": 0})
+    assert rec["status"] == "completed"
+    assert rec["test_loss"] < 0.1
+    assert time.perf_counter() - t0 < 60
+
+
+def test_blow_up_ends_as_diverged_with_full_record() -> None:
+    rec = run_trial(tiny(**{"train.lr": 1e6, "train.epochs": 3}))
+    assert rec["status"] == "diverged"
+    assert rec["diverged_phase"] == "train" and rec["diverged_step"] >= 0
+    assert set(RECORD_FIELDS) <= rec.keys() and rec["n_params"] > 0
+    assert rec["vaa_init"] is not None and "loss in train" in rec["error"]
+
+
+def test_warmup_nan_ends_as_diverged_at_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.warmup as warmup
+
+    real, calls = warmup.layer_vaa_star, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        v = real(*args, **kwargs)
+        return v * float("nan") if len(calls) == 5 else v  # NaN at warm-up step 4
+
+    monkeypatch.setattr(warmup, "layer_vaa_star", poisoned)
+    rec = run_trial(tiny(**{"warmup.steps": 20}))
+    assert rec["status"] == "diverged"
+    assert (rec["diverged_phase"], rec["diverged_step"]) == ("warmup", 4)
+    assert rec["warmup_steps_run"] == 4 and rec["epochs_run"] == 0
+    assert len(calls) == 10  # stopped at the first device read (every 10 steps), not at step 20
+
+
+def test_report_can_prune() -> None:
+    seen: list[dict] = []
+
+    def report(m: dict) -> None:
+        seen.append(m)
+        if m["phase"] == "train" and m["step"] == 1:
+            raise StopTrial
+
+    rec = run_trial(tiny(**{"train.epochs": 5}), report)
+    assert rec["status"] == "pruned" and rec["epochs_run"] == 1
+    assert rec["test_loss"] is None
+    assert [m["phase"] for m in seen] == ["warmup"] * 3 + ["train"]
+
+
+def test_cli_json_record(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [f"--set={k}={v}" for k, v in tiny().items()]
+    assert main([*args, "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert rec["status"] == "completed" and "curves" not in rec
+    assert err.count("epoch ") == 2  # one progress line per epoch on stderr
+
+
+@pytest.mark.parametrize("bad", ["model.cel=gru", "model.cell=rnn", "warmup.fraction=1.5",
+                                 "train.lr=fast", "nokeyvalue", "task.name=seq_mnist"])
+def test_cli_bad_input_exits_2_with_one_line(bad: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.trial", "--set", bad],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert bad.split("=")[0] in lines[0] or "data_dir" in lines[0]
+    assert proc.stdout == ""
