@@ -1,0 +1,69 @@
+"""Run the project's benchmark and the speed yardstick back to back, and print ratios of medians.
+
+    python benchmarks/compare.py --yardstick ../shared/bench/naive_ref.py --device cpu --threads 2 \
+        --hidden 64 --seq-len 100 --batch 32 --layers 2 --rounds 3 --cells gru lstm mgu brc nbrc
+
+Each round runs both implementations once per cell (alternating, so machine noise hits both); the
+table reports each side's median over rounds and the ratio yardstick / project (higher = faster).
+The yardstick is only run as a separate process; the project never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+
+import torch
+
+
+def run(cmd: list[str]) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--yardstick", required=True, help="path to naive_ref.py")
+    p.add_argument("--cells", nargs="+", default=["gru", "lstm", "mgu", "brc", "nbrc"])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args()
+    shape = ["--hidden", str(a.hidden), "--seq-len", str(a.seq_len), "--batch", str(a.batch),
+             "--layers", str(a.layers), "--device", a.device]
+    threads = ["--threads", str(a.threads)] if a.device == "cpu" else []
+    res: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(a.rounds):
+        for cell in a.cells:
+            res.setdefault((cell, "ours"), []).append(
+                run([sys.executable, "-m", "pipeline.bench", "--cell", cell, *shape, *threads,
+                     "--json"]))
+            res.setdefault((cell, "ref"), []).append(
+                run([sys.executable, a.yardstick, "--cell", cell, *shape, *threads]))
+    machine = (torch.cuda.get_device_name() if a.device == "cuda" else
+               f"{platform.processor() or platform.machine()}, {a.threads} threads")
+    print(f"machine: {machine}; torch {torch.__version__}; H={a.hidden} T={a.seq_len} "
+          f"B={a.batch} L={a.layers}; medians over {a.rounds} rounds\n")
+    print("| cell | warm-up step ref (ms) | ours (ms) | speed-up | train step ref (ms) | ours (ms) "
+          "| speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for cell in a.cells:
+        med = {(side, key): statistics.median(r[key] for r in res[(cell, side)])
+               for side in ("ours", "ref") for key in ("warmup_step_ms", "train_step_ms")}
+        wr, wo = med[("ref", "warmup_step_ms")], med[("ours", "warmup_step_ms")]
+        tr, to = med[("ref", "train_step_ms")], med[("ours", "train_step_ms")]
+        print(f"| {cell} | {wr:.1f} | {wo:.1f} | {wr / wo:.1f}x | {tr:.1f} | {to:.1f} | "
+              f"{tr / to:.1f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Micro-benchmark of the core: median warm-up step and train step times.
+
+    python -m pipeline.bench --cell brc --hidden 64 --seq-len 100 --batch 32 --layers 2 \
+        --device cpu --threads 2 --json
+
+The settings mean what they mean for the speed yardstick (``shared/bench/naive_ref.py``): a
+network of ``layers`` layers of width ``hidden`` on input size 1, a warm-up step drawn at schedule
+step 20 (S ~ U{1..200}), and a copy-task train step (MSE at the last step) on a ``(T, B, 1)``
+batch. Prints one JSON line of medians: ``warmup_step_ms``, ``train_step_ms``, ``samples_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from pipeline.config import CELLS, ModelConfig, WarmupConfig
+from pipeline.model import build_model
+from pipeline.seeding import resolve_device
+from pipeline.tasks import Split
+from pipeline.warmup import warmup_step
+
+
+def median_ms(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[], None]) -> float:
+    """Median wall time of ``fn`` in milliseconds, after ``warm`` untimed calls."""
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
+          reps: int = 5) -> dict[str, float]:
+    """Time one warm-up step and one train step of the fully warmed network (f = 1)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = build_model(ModelConfig(cell=cell, hidden_size=hidden, num_layers=layers), 1, 1,
+                      warm_width=hidden).to(device)
+    x = torch.randn(seq_len, batch, 1, device=device)
+    y = x[:1].clone()
+    data = Split(x, y)
+    wcfg = WarmupConfig(batch_size=batch)
+    wopt = torch.optim.Adam(net.parameters(), lr=wcfg.lr)
+    topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def train_step() -> None:
+        loss = torch.nn.functional.mse_loss(net(x, 1), y)
+        topt.zero_grad(set_to_none=True)
+        loss.backward()
+        topt.step()
+
+    wu = median_ms(lambda: warmup_step(net, wopt, data, 20, wcfg, gen, device), reps, 1, sync)
+    tr = median_ms(train_step, 2 * reps, 2, sync)
+    return {"warmup_step_ms": round(wu, 3), "train_step_ms": round(tr, 3),
+            "samples_per_s": round(batch / (tr / 1e3), 1)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--cell", choices=CELLS, default="gru")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args(argv)
+    for name in ("hidden", "seq_len", "batch", "layers", "reps"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1 but got {getattr(args, name)}",
+                  file=sys.stderr)
+            return 2
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = bench(args.cell, args.hidden, args.seq_len, args.batch, args.layers, device, args.reps)
+    out = {"impl": "warmup-sweep", "cell": args.cell, "hidden": args.hidden,
+           "seq_len": args.seq_len, "batch": args.batch, "layers": args.layers,
+           "device": str(device), "threads": torch.get_num_threads(), **res}
+    if torch.cuda.is_available() and device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    print(json.dumps(out) if args.json else
+          " ".join(f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
