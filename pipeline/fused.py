@@ -4,25 +4,28 @@ The caller computes the input projections of ALL time steps with one matmul (bia
 passes them here as (T, B, H) tensors; these functions run only the recurrent part. Each scan is a
 ``torch.autograd.Function`` with a hand-written backward:
 
-- the forward runs without an autograd graph and writes every step into preallocated buffers with
-  a handful of in-place/``out=`` kernels per step (5 for BRC/nBRC, 6 for MGU);
-- the backward loop does only what the recurrence forces per step: one ``addcmul`` for BRC
-  (its state gradient obeys a linear element-wise recurrence), three kernels for nBRC and seven
-  for MGU; every gate's pre-activation gradient that can be computed for all steps at once, and
-  all weight gradients (one matmul or reduction each), are computed outside the loop.
+- the forward runs without an autograd graph and writes every step into preallocated buffers,
+  in place or through ``out=``: 5-6 kernels a step for BRC/nBRC, 6-7 for MGU (both gates of
+  BRC/nBRC share one sigmoid, using 1 + tanh(z) = 2 sig(2z));
+- the backward loop does only what the recurrence forces per step: one ``addcmul`` for BRC (its
+  state gradient obeys a linear element-wise recurrence), three kernels for nBRC, seven for MGU.
+  Everything that can be computed for all steps at once (gate derivatives, weight gradients:
+  one matmul or reduction each) is, outside the loop, in place over the forward's own buffers.
 
-No host synchronisation happens in any loop, so the same code runs on CUDA. Inputs that are
-expanded (stride 0) over time, as in the warm-up's constant input, are read without being
+On CPU, where a torch kernel on a (B, H) tile costs a few microseconds, what matters is the
+number of kernels a step and how much fresh memory is touched; both are kept low. No host
+synchronisation happens in any loop, so the same code runs on CUDA (there, tanh is used as is).
+Inputs expanded (stride 0) over time, as in the warm-up's constant input, are read without being
 materialised. Double backward is not supported.
 
-Plain autograd loops (``*_scan_reference``) give the definition each fused scan must match.
+Plain autograd loops (``*_scan_reference``) define what each fused scan must compute.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 __all__ = [
     "brc_scan",
@@ -39,9 +42,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def brc_scan_reference(
-    xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor
-) -> Tensor:
+def brc_scan_reference(xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor) -> Tensor:
     """BRC recurrence as a plain autograd loop (the definition ``brc_scan`` must match).
 
     Args:
@@ -64,9 +65,7 @@ def brc_scan_reference(
     return torch.stack(hs)  # (T, B, H)
 
 
-def nbrc_scan_reference(
-    xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor
-) -> Tensor:
+def nbrc_scan_reference(xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor) -> Tensor:
     """nBRC recurrence as a plain autograd loop (the definition ``nbrc_scan`` must match).
 
     Args:
@@ -117,21 +116,44 @@ def mgu_scan_reference(xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tenso
 
 
 def _const_in_time(x: Tensor) -> bool:
-    """True when a (T, ...) tensor is expanded (stride 0) over time."""
+    """True when a (T, ...) tensor is expanded (stride 0) over time, or T = 1."""
     return x.size(0) == 1 or x.stride(0) == 0
 
 
-def _join(a: Tensor, b: Tensor, dim: int, scale_b: float) -> Tensor:
-    """``torch.stack`` (dim=1) or ``torch.cat`` (dim=-1) of a and scale_b*b, both (T, B, H).
+def _gather(xs: list[Tensor], scales: list[float], dim: int) -> tuple[Tensor, bool]:
+    """[scale_i * x_i] stacked at ``dim`` (1 or 2) of k (T, B, H) tensors: (T, k, B, H) or (T, B, k, H).
 
-    When both are expanded over time, joins one step and expands the result over time
-    instead of materialising T copies.
+    Returns the stack and whether it is a fresh buffer this module owns (and may overwrite).
+    When every x is expanded over time, stacks one step and expands it over time instead of
+    materialising T copies (not owned).
     """
-    op = torch.stack if dim == 1 else torch.cat
-    if _const_in_time(a) and _const_in_time(b):
-        one = op([a[0], b[0] * scale_b], dim=0 if dim == 1 else -1)  # (2, B, H) or (B, 2H)
-        return one.unsqueeze(0).expand(a.size(0), *one.shape)
-    return op([a, b * scale_b], dim=dim)  # (T, 2, B, H) or (T, B, 2H)
+    T, B, H = xs[0].shape
+    if all(_const_in_time(x) for x in xs):
+        one = torch.stack([x[0] * s for x, s in zip(xs, scales, strict=True)], dim=dim - 1)
+        return one.unsqueeze(0).expand(T, *one.shape), False
+    out = xs[0].new_empty((T, len(xs), B, H) if dim == 1 else (T, B, len(xs), H))
+    for i, (x, s) in enumerate(zip(xs, scales, strict=True)):
+        if s == 1.0:
+            out.select(dim, i).copy_(x)
+        else:
+            torch.mul(x, s, out=out.select(dim, i))
+    return out, True
+
+
+def _tanh_scale(x: Tensor) -> float:
+    """Scale of the pre-activation handed to ``_tanh_scaled_`` on x's device.
+
+    On CPU, tanh(z) = 2 sig(2z) - 1 runs about twice as fast as torch's tanh, so pre-activations
+    are built doubled (folded into existing ops); elsewhere tanh itself is one kernel fewer.
+    """
+    return 2.0 if x.device.type == "cpu" else 1.0
+
+
+def _tanh_scaled_(z: Tensor, scale: float, minus_one: Tensor) -> Tensor:
+    """z <- tanh(z / scale) in place, for ``scale`` from ``_tanh_scale``; minus_one: -1, 0-dim."""
+    if scale == 1.0:
+        return z.tanh_()
+    return torch.add(minus_one, z.sigmoid_(), alpha=2.0, out=z)
 
 
 def _steps(x: Tensor, T: int) -> list[Tensor]:
@@ -140,17 +162,53 @@ def _steps(x: Tensor, T: int) -> list[Tensor]:
     return views if len(views) == T else views * T
 
 
-def _prev_states(h0: Tensor, hs: Tensor) -> Tensor:
+def _prev_states(h0: Tensor, hs: Tensor, out: Tensor | None = None) -> Tensor:
     """States entering each step: [h0, hs[0], ..., hs[T-2]], (T, B, H)."""
-    return torch.cat([h0.unsqueeze(0).expand(1, *hs.shape[1:]), hs[:-1]])
+    return torch.cat([h0.unsqueeze(0).expand(1, *hs.shape[1:]), hs[:-1]], out=out)
 
 
-def _grad_buffer(go: Tensor, h0: Tensor) -> Tensor:
+def _mul_prev(x: Tensor, h0: Tensor, hs: Tensor, out: Tensor) -> Tensor:
+    """out = x * [h0, hs[:-1]] for (T, B, H) x, without materialising the previous states."""
+    torch.mul(x[0], h0, out=out[0])
+    torch.mul(x[1:], hs[:-1], out=out[1:])
+    return out
+
+
+def _gram_prev(x: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
+    """x^T @ [h0, hs[:-1]] summed over time and batch: (T, B, K) x -> (K, H)."""
+    K, H = x.size(-1), hs.size(-1)
+    return torch.addmm(x[0].T @ h0, x[1:].reshape(-1, K).T, hs[:-1].reshape(-1, H))
+
+
+def _grad_buffer(go: Tensor) -> Tensor:
     """(T+1, B, H) buffer: index 0 (for h0) zero, indices 1.. the incoming gradients of hs."""
     G = go.new_empty((go.size(0) + 1, *go.shape[1:]))
     G[0].zero_()
     G[1:].copy_(go)
     return G
+
+
+def _one_minus_square_(x: Tensor) -> Tensor:
+    """x <- 1 - x^2 in place (tanh' from tanh)."""
+    return x.mul_(x).neg_().add_(1.0)
+
+
+def _times_one_minus_(x: Tensor, s: Tensor) -> Tensor:
+    """x <- x * (1 - s) in place."""
+    return x.addcmul_(x, s, value=-1.0)
+
+
+def _own(*saved: Tensor) -> tuple[Tensor, ...]:
+    """Saved buffers the backward may overwrite: themselves, or copies if the graph is kept.
+
+    Overwriting saves memory traffic (fresh CPU memory is slow to touch), but a graph kept
+    for another backward (``retain_graph=True``, ``gradcheck``) must find them intact. If this
+    torch cannot tell, copies are made.
+    """
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep is not None and not keep():
+        return saved
+    return tuple(t.clone() for t in saved)
 
 
 def _needs_graph(*xs: Tensor) -> bool:
@@ -165,13 +223,10 @@ def _check(name: str, xs: dict[str, Tensor], h0: Tensor) -> None:
     for k, x in xs.items():
         if x.dim() != 3 or x.size(0) < 1 or tuple(x.shape[1:]) != (B, H):
             raise ValueError(
-                f"{name}: {k} must be (T, B, H) with T >= 1, B = {B}, H = {H} "
-                f"but got {tuple(x.shape)}."
+                f"{name}: {k} must be (T, B, H) with T >= 1, B = {B}, H = {H} but got {tuple(x.shape)}."
             )
         if x.dtype != h0.dtype or x.device != h0.device:
-            raise ValueError(
-                f"{name}: {k} is {x.dtype} on {x.device} but h0 is {h0.dtype} on {h0.device}."
-            )
+            raise ValueError(f"{name}: {k} is {x.dtype} on {x.device} but h0 is {h0.dtype} on {h0.device}.")
     lengths = {k: x.size(0) for k, x in xs.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{name}: inputs disagree on sequence length: {lengths}.")
@@ -182,9 +237,7 @@ def _check_weight(name: str, k: str, w: Tensor, shape: tuple[int, ...], h0: Tens
     if tuple(w.shape) != shape:
         raise ValueError(f"{name}: {k} must have shape {shape} but got {tuple(w.shape)}.")
     if w.dtype != h0.dtype or w.device != h0.device:
-        raise ValueError(
-            f"{name}: {k} is {w.dtype} on {w.device} but h0 is {h0.dtype} on {h0.device}."
-        )
+        raise ValueError(f"{name}: {k} is {w.dtype} on {w.device} but h0 is {h0.dtype} on {h0.device}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,77 +247,89 @@ def _check_weight(name: str, k: str, w: Tensor, shape: tuple[int, ...], h0: Tens
 
 
 def _brc_forward(
-    xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor, keep: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward without a graph; returns hs (T, B, H), gates S (T|1, 2, B, H), candidates N."""
+    xc: Tensor,
+    xa: Tensor,
+    xh: Tensor,
+    wc: Tensor,
+    wa: Tensor,
+    h0: Tensor,
+    keep: bool,
+    all_states: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Forward without a graph; returns hs (T, B, H) and S (T|1, 3, B, H) = [c, a/2, n].
+
+    S holds c = sig(zc), a/2 = sig(2 za) and n = tanh(zh) of every step when ``keep``; without a
+    graph one step of scratch is reused unless the inputs already had to be copied.
+    """
     T, B, H = xh.shape
-    x2 = _join(xc, xa, dim=1, scale_b=2.0)  # (T, 2, B, H) pre-activation inputs [xc, 2 xa]
+    k = _tanh_scale(xh)
+    X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=1)  # (T, 3, B, H) [xc, 2 xa, k xh]
     w2 = torch.stack([wc, wa * 2.0]).unsqueeze(1)  # (2, 1, H)
-    n_buf = T if keep else 1  # without a graph, one reused step of scratch suffices
-    S = xh.new_empty((n_buf, 2, B, H))  # [sig(zc), sig(2 za)] = [c, a / 2]
-    N = xh.new_empty((n_buf, B, H))  # tanh(zh)
-    s_v, c_v, a_v, n_v = (
-        _steps(S, T),
-        _steps(S[:, 0], T),
-        _steps(S[:, 1], T),
-        _steps(N, T),
-    )
-    hs = xh.new_empty((T, B, H))
+    # gates are written over the gathered inputs when they are ours: no extra buffer
+    S = X if owned else xh.new_empty((T if keep else 1, 3, B, H))
+    minus_one = xh.new_full((), -1.0)
+    hs = xh.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    for x2_t, xh_t, s_t, c_t, a_t, n_t, h_t in zip(
-        x2.unbind(0), xh.unbind(0), s_v, c_v, a_v, n_v, hs.unbind(0)
+    s2_v, n_v = _steps(S[:, :2], T), _steps(S[:, 2], T)
+    x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X[:, :2], T), _steps(X[:, 2], T))  # in place
+    for x2, xk, s2, c, a, n, h_t in zip(
+        x2_v, xk_v, s2_v, *(_steps(v, T) for v in (S[:, 0], S[:, 1])), n_v, _steps(hs, T), strict=True
     ):
-        torch.addcmul(x2_t, w2, h, out=s_t)  # (2, B, H) pre-activations [zc, 2 za]
-        s_t.sigmoid_()
-        torch.addcmul(xh_t, a_t, h, value=2.0, out=n_t)  # zh = xh + a*h, a = 2 sig(2 za)
-        n_t.tanh_()
-        torch.lerp(n_t, h, c_t, out=h_t)  # c*h + (1-c)*n
+        torch.addcmul(x2, w2, h, out=s2)  # (2, B, H) pre-activations [zc, 2 za]
+        s2.sigmoid_()  # [c, a/2]: 1 + tanh(za) = 2 sig(2 za)
+        torch.addcmul(xk, a, h, value=2.0 * k, out=n)  # k zh = k (xh + a h)
+        _tanh_scaled_(n, k, minus_one)
+        torch.lerp(n, h, c, out=h_t)  # c h + (1 - c) n
         h = h_t
-    return hs, S, N
+    return hs, S
 
 
 class _BRCScan(torch.autograd.Function):
+    """BRC scan; the backward overwrites its saved buffers unless the graph is kept."""
+
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
-        xc: Tensor,
-        xa: Tensor,
-        xh: Tensor,
-        wc: Tensor,
-        wa: Tensor,
-        h0: Tensor,
+        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor
     ) -> Tensor:
-        hs, S, N = _brc_forward(xc, xa, xh, wc, wa, h0, keep=True)
-        ctx.save_for_backward(wc, wa, h0, hs, S, N)
+        hs, S = _brc_forward(xc, xa, xh, wc, wa, h0, keep=True)
+        ctx.save_for_backward(wc, wa, h0, hs, S)
         return hs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
-        wc, wa, h0, hs, S, N = ctx.saved_tensors
+        # With g = dL/dh' (total, per step) and hp the state entering the step:
+        #   dL/dzh = g k1, k1 = (1-c)(1-n^2)        dL/dzc = g k2, k2 = (hp-n) c(1-c)
+        #   dL/dza = g k3, k3 = k1 hp 4 s(1-s)      dL/dhp = g k4, k4 = c + 2 s k1 + wc k2 + wa k3
+        # (s = a/2 = sig(2 za)). The state gradient is a linear element-wise recurrence.
+        # Every k is computed in place over the saved buffers: c -> k4, s -> k3, n -> k1.
+        wc, wa, h0, hs, S = ctx.saved_tensors
+        (S,) = _own(S)
         T = hs.size(0)
-        hp = _prev_states(h0, hs)  # (T, B, H)
-        c, s_a, n = S[:, 0], S[:, 1], N  # (T, B, H) each; a = 2 s_a
-        omc = 1.0 - c
-        k1 = omc * (1.0 - n * n)  # dL/dzh = g * k1
-        k2 = (hp - n) * c * omc  # dL/dzc = g * k2
-        k3 = k1 * hp * (4.0 * s_a * (1.0 - s_a))  # dL/dza = g * k3  (da/dza = 1 - tanh^2)
-        k4 = c + 2.0 * s_a * k1  # dh'/dh (diagonal), completed below
-        k4.addcmul_(k2, wc).addcmul_(k3, wa)
-        G = _grad_buffer(go, h0)  # (T+1, B, H); G[t+1] = total dL/dhs[t], G[0] = dL/dh0
+        c, s, N = S[:, 0], S[:, 1], S[:, 2]  # (T, B, H) each
+        k1 = N
+        k2 = _prev_states(h0, hs).sub_(N)  # (T, B, H)
+        _times_one_minus_(k2.mul_(c), c)  # (hp - n) c (1 - c)
+        _times_one_minus_(_one_minus_square_(k1), c)  # n -> (1 - n^2)(1 - c)
+        k4 = c.addcmul_(s, k1, value=2.0).addcmul_(k2, wc)  # c -> c + 2 s k1 + wc k2
+        k3 = _mul_prev(_times_one_minus_(s, s).mul_(k1).mul_(4.0), h0, hs, out=s)  # 4 s(1-s) k1 hp
+        k4.addcmul_(k3, wa)
+        G = _grad_buffer(go)  # (T+1, B, H); G[t+1] = total dL/dhs[t], G[0] = dL/dh0
         g_v, k4_v = G.unbind(0), k4.unbind(0)
-        for t in range(T - 1, -1, -1):  # linear recurrence: g_{t} += k4_t * g_{t+1}
+        for t in range(T - 1, -1, -1):  # g_t += k4_t * g_{t+1}
             g_v[t].addcmul_(k4_v[t], g_v[t + 1])
         g = G[1:]
+        dzc, dza, dzh = k2.mul_(g), k3.mul_(g), k1.mul_(g)
         need = ctx.needs_input_grad
-        dzc = g * k2
-        dza = g * k3
-        dzh = g * k1
-        gwc = (dzc * hp).sum((0, 1)) if need[3] else None
-        gwa = (dza * hp).sum((0, 1)) if need[4] else None
+        # g is spent: it holds the products summed for the vector weights' gradients
+        gwc = _mul_prev(dzc, h0, hs, out=g).sum((0, 1)) if need[3] else None
+        gwa = _mul_prev(dza, h0, hs, out=g).sum((0, 1)) if need[4] else None
         return dzc, dza, dzh, gwc, gwa, G[0]
 
 
-def brc_scan(xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor) -> Tensor:
+def brc_scan(
+    xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor, *, final_only: bool = False
+) -> Tensor:
     """Fused BRC recurrence over a whole sequence, with a hand-written backward.
 
     ``c = sig(xc_t + wc*h); a = 1 + tanh(xa_t + wa*h); h' = c*h + (1-c)*tanh(xh_t + a*h)``.
@@ -276,18 +341,22 @@ def brc_scan(xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Ten
         wc: recurrent weight of the update gate, (H,).
         wa: recurrent weight of the bistability gate, (H,).
         h0: initial state, (B, H).
+        final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
+            buffer of states (e.g. for long no-grad runs to measure attractors).
 
     Returns:
-        Every step's state, (T, B, H). Gradients flow to all six inputs.
+        Every step's state, (T, B, H), or the last one, (B, H). Gradients flow to all six inputs.
     """
     _check("brc_scan", {"xc": xc, "xa": xa, "xh": xh}, h0)
     H = h0.size(1)
     _check_weight("brc_scan", "wc", wc, (H,), h0)
     _check_weight("brc_scan", "wa", wa, (H,), h0)
     if _needs_graph(xc, xa, xh, wc, wa, h0):
-        return _BRCScan.apply(xc, xa, xh, wc, wa, h0)
+        hs = _BRCScan.apply(xc, xa, xh, wc, wa, h0)
+        return hs[-1] if final_only else hs
     with torch.no_grad():
-        return _brc_forward(xc, xa, xh, wc, wa, h0, keep=False)[0]
+        hs = _brc_forward(xc, xa, xh, wc, wa, h0, keep=False, all_states=not final_only)[0]
+    return hs[-1] if final_only else hs
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,86 +365,85 @@ def brc_scan(xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Ten
 
 
 def _nbrc_forward(
-    xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor, keep: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward without a graph; returns hs (T, B, H), gates S (T|1, B, 2H), candidates N."""
+    xc: Tensor,
+    xa: Tensor,
+    xh: Tensor,
+    Wc: Tensor,
+    Wa: Tensor,
+    h0: Tensor,
+    keep: bool,
+    all_states: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Forward without a graph; returns hs (T, B, H) and S (T|1, B, 3, H) = [c, a/2, n]."""
     T, B, H = xh.shape
-    x2 = _join(xc, xa, dim=-1, scale_b=2.0)  # (T, B, 2H) pre-activation inputs [xc, 2 xa]
+    k = _tanh_scale(xh)
+    X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=2)  # (T, B, 3, H) [xc, 2 xa, k xh]
     W2t = torch.cat([Wc, Wa * 2.0]).T  # (H, 2H)
-    n_buf = T if keep else 1
-    S = xh.new_empty((n_buf, B, 2 * H))  # [sig(zc), sig(2 za)] = [c, a / 2]
-    N = xh.new_empty((n_buf, B, H))  # tanh(zh)
-    s_v, c_v, a_v, n_v = (
-        _steps(S, T),
-        _steps(S[..., :H], T),
-        _steps(S[..., H:], T),
-        _steps(N, T),
-    )
-    hs = xh.new_empty((T, B, H))
+    S = X if owned else xh.new_empty((T if keep else 1, B, 3, H))
+    minus_one = xh.new_full((), -1.0)
+    hs = xh.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    for x2_t, xh_t, s_t, c_t, a_t, n_t, h_t in zip(
-        x2.unbind(0), xh.unbind(0), s_v, c_v, a_v, n_v, hs.unbind(0)
+    s2_v, n_v = _steps(S[:, :, :2].flatten(2), T), _steps(S[:, :, 2], T)  # (B, 2H) rows 3H apart
+    x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X[:, :, :2].flatten(2), T), _steps(X[:, :, 2], T))
+    for x2, xk, s2, c, a, n, h_t in zip(
+        x2_v, xk_v, s2_v, *(_steps(v, T) for v in (S[:, :, 0], S[:, :, 1])), n_v, _steps(hs, T), strict=True
     ):
-        torch.addmm(x2_t, h, W2t, out=s_t)  # (B, 2H) pre-activations [zc, 2 za]
-        s_t.sigmoid_()
-        torch.addcmul(xh_t, a_t, h, value=2.0, out=n_t)
-        n_t.tanh_()
-        torch.lerp(n_t, h, c_t, out=h_t)
+        torch.addmm(x2, h, W2t, out=s2)  # (B, 2H) pre-activations [zc, 2 za]
+        s2.sigmoid_()
+        torch.addcmul(xk, a, h, value=2.0 * k, out=n)
+        _tanh_scaled_(n, k, minus_one)
+        torch.lerp(n, h, c, out=h_t)
         h = h_t
-    return hs, S, N
+    return hs, S
 
 
 class _NBRCScan(torch.autograd.Function):
+    """nBRC scan; the backward overwrites its saved buffers unless the graph is kept."""
+
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
-        xc: Tensor,
-        xa: Tensor,
-        xh: Tensor,
-        Wc: Tensor,
-        Wa: Tensor,
-        h0: Tensor,
+        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor
     ) -> Tensor:
-        hs, S, N = _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=True)
-        ctx.save_for_backward(Wc, Wa, h0, hs, S, N)
+        hs, S = _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=True)
+        ctx.save_for_backward(Wc, Wa, h0, hs, S)
         return hs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
-        Wc, Wa, h0, hs, S, N = ctx.saved_tensors
+        # As BRC (see _BRCScan.backward), with k4 = c + 2 s k1 and the matrix terms
+        # dL/dhp += [dzc, dza] @ [Wc; Wa], one matmul a step.
+        Wc, Wa, h0, hs, S = ctx.saved_tensors
+        (S,) = _own(S)
         T, B, H = hs.shape
+        c, s, k1 = S[:, :, 0], S[:, :, 1], S[:, :, 2]  # (T, B, H) each
         hp = _prev_states(h0, hs)  # (T, B, H)
-        c, s_a, n = S[..., :H], S[..., H:], N
-        omc = 1.0 - c
-        k1 = omc * (1.0 - n * n)  # dL/dzh = g * k1
-        K = hs.new_empty((T, B, 2, H))  # [dzc, dza] / g
-        torch.mul((hp - n) * c, omc, out=K[:, :, 0])
-        torch.mul(k1 * hp, 4.0 * s_a * (1.0 - s_a), out=K[:, :, 1])
-        k4 = c + 2.0 * s_a * k1  # element-wise part of dh'/dh
-        W2 = torch.cat([Wc, Wa])  # (2H, H): dh += [dzc, dza] @ W2
-        G = _grad_buffer(go, h0)  # (T+1, B, H)
-        DZ = hs.new_empty((T, B, 2, H))  # [dzc, dza]
+        X = hp - k1
+        _times_one_minus_(_one_minus_square_(k1), c)  # n -> k1 = (1 - n^2)(1 - c)
+        _times_one_minus_(X.mul_(c), c)  # X = k2 = (hp - n) c (1 - c)
+        c.addcmul_(s, k1, value=2.0)  # c -> k4 = c + 2 s k1
+        _times_one_minus_(s, s).mul_(k1).mul_(hp).mul_(4.0)  # s -> k3 = 4 s (1 - s) k1 hp
+        k4 = hp.copy_(c)  # hp is spent
+        c.copy_(X)  # S[:, :, :2] = K = [k2, k3]: (T, B, 2, H)
+        K = S[:, :, :2]
+        W2 = torch.cat([Wc, Wa])  # (2H, H)
+        G = _grad_buffer(go)  # (T+1, B, H)
         g_v, gu_v = G.unbind(0), G.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
-        k_v, k4_v = K.unbind(0), k4.unbind(0)
-        dz_v, dz2_v = DZ.unbind(0), DZ.view(T, B, 2 * H).unbind(0)  # (B, 2, H), (B, 2H)
+        k_v, dz_v, k4_v = K.unbind(0), K.flatten(2).unbind(0), k4.unbind(0)
         for t in range(T - 1, -1, -1):
-            torch.mul(k_v[t], gu_v[t + 1], out=dz_v[t])
-            g_v[t].addcmul_(k4_v[t], g_v[t + 1]).addmm_(dz2_v[t], W2)
+            k_v[t].mul_(gu_v[t + 1])  # K_t -> [dzc, dza]_t, (B, 2, H)
+            g_v[t].addcmul_(k4_v[t], g_v[t + 1]).addmm_(dz_v[t], W2)
         need = ctx.needs_input_grad
-        gW = None
+        gWc = gWa = None
         if need[3] or need[4]:
-            gW = DZ.view(T * B, 2 * H).T @ hp.reshape(T * B, H)  # (2H, H)
-        return (
-            DZ[:, :, 0],
-            DZ[:, :, 1],
-            G[1:] * k1,
-            gW[:H] if need[3] and gW is not None else None,
-            gW[H:] if need[4] and gW is not None else None,
-            G[0],
-        )
+            gW = _gram_prev(K.flatten(2), h0, hs)  # (2H, H)
+            gWc, gWa = gW[:H], gW[H:]
+        return S[:, :, 0], S[:, :, 1], k1.mul_(G[1:]), gWc, gWa, G[0]
 
 
-def nbrc_scan(xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor) -> Tensor:
+def nbrc_scan(
+    xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor, *, final_only: bool = False
+) -> Tensor:
     """Fused nBRC recurrence over a whole sequence, with a hand-written backward.
 
     As ``brc_scan`` with ``wc*h -> h @ Wc.T`` and ``wa*h -> h @ Wa.T`` (one fused matmul a step).
@@ -387,18 +455,22 @@ def nbrc_scan(xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Te
         Wc: recurrent weight of the update gate, (H, H).
         Wa: recurrent weight of the bistability gate, (H, H).
         h0: initial state, (B, H).
+        final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
+            buffer of states (e.g. for long no-grad runs to measure attractors).
 
     Returns:
-        Every step's state, (T, B, H). Gradients flow to all six inputs.
+        Every step's state, (T, B, H), or the last one, (B, H). Gradients flow to all six inputs.
     """
     _check("nbrc_scan", {"xc": xc, "xa": xa, "xh": xh}, h0)
     H = h0.size(1)
     _check_weight("nbrc_scan", "Wc", Wc, (H, H), h0)
     _check_weight("nbrc_scan", "Wa", Wa, (H, H), h0)
     if _needs_graph(xc, xa, xh, Wc, Wa, h0):
-        return _NBRCScan.apply(xc, xa, xh, Wc, Wa, h0)
+        hs = _NBRCScan.apply(xc, xa, xh, Wc, Wa, h0)
+        return hs[-1] if final_only else hs
     with torch.no_grad():
-        return _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=False)[0]
+        hs = _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=False, all_states=not final_only)[0]
+    return hs[-1] if final_only else hs
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,67 +479,73 @@ def nbrc_scan(xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Te
 
 
 def _mgu_forward(
-    xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, keep: bool
+    xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, keep: bool, all_states: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward without a graph; returns hs, forget gates F, gated states R = F*h, candidates N."""
     T, B, H = xf.shape
+    k = _tanh_scale(xf)
     UfT, UnT = Uf.T, Un.T
-    n_buf = T if keep else 1
-    F, R, N = (xf.new_empty((n_buf, B, H)) for _ in range(3))  # f, f*h, tanh(zn)
-    f_v, r_v, n_v = _steps(F, T), _steps(R, T), _steps(N, T)
-    hs = xf.new_empty((T, B, H))
+    F, R, N = (xf.new_empty((T if keep else 1, B, H)) for _ in range(3))  # f, f*h, tanh(zn)
+    minus_one = xf.new_full((), -1.0)
+    hs = xf.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    for xf_t, xn_t, f_t, r_t, n_t, h_t in zip(
-        xf.unbind(0), xn.unbind(0), f_v, r_v, n_v, hs.unbind(0)
-    ):
-        torch.addmm(xf_t, h, UfT, out=f_t)
-        f_t.sigmoid_()
-        torch.mul(f_t, h, out=r_t)
-        torch.addmm(xn_t, r_t, UnT, out=n_t)
-        n_t.tanh_()
-        torch.lerp(h, n_t, f_t, out=h_t)  # (1-f)*h + f*n
+    for xf_t, xn_t, f, r, n, h_t in zip(*(_steps(v, T) for v in (xf, xn, F, R, N, hs)), strict=True):
+        torch.addmm(xf_t, h, UfT, out=f)
+        f.sigmoid_()
+        torch.mul(f, h, out=r)
+        torch.addmm(xn_t, r, UnT, beta=k, alpha=k, out=n)  # k zn
+        _tanh_scaled_(n, k, minus_one)
+        torch.lerp(h, n, f, out=h_t)  # (1-f)*h + f*n
         h = h_t
     return hs, F, R, N
 
 
 class _MGUScan(torch.autograd.Function):
+    """MGU scan; the backward overwrites its saved buffers unless the graph is kept."""
+
     @staticmethod
-    def forward(
-        ctx: FunctionCtx, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor
-    ) -> Tensor:
+    def forward(ctx: FunctionCtx, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor) -> Tensor:
         hs, F, R, N = _mgu_forward(xf, xn, Uf, Un, h0, keep=True)
         ctx.save_for_backward(Uf, Un, h0, hs, F, R, N)
         return hs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
+        # With g = dL/dh' (total) and hp the state entering the step:
+        #   dL/dzn = g kn, kn = f (1 - n^2)          dr = dL/d(f hp) = dL/dzn @ Un
+        #   dL/dzf = g ka + dr kb, ka = (n - hp) f (1-f), kb = hp f (1-f)
+        #   dL/dhp = g (1-f) + dr f + dL/dzf @ Uf
+        # Per step this is written with e = dr - g (one addmm with beta = -1):
+        #   dL/dzf = g (ka + kb) + e kb = g n f (1-f) + e kb,   dL/dhp = g + e f + dL/dzf @ Uf.
         Uf, Un, h0, hs, F, R, N = ctx.saved_tensors
+        F, R, N = _own(F, R, N)
         T, B, H = hs.shape
-        hp = _prev_states(h0, hs)  # (T, B, H)
-        f, n = F, N
-        fomf = f * (1.0 - f)  # sig'
-        kn = f * (1.0 - n * n)  # dL/dzn = g * kn
-        ka = (n - hp) * fomf  # dL/dzf = g * ka + dr * kb, dr = dzn @ Un
-        kb = hp * fomf
-        omf = 1.0 - f
-        G = _grad_buffer(go, h0)  # (T+1, B, H)
-        DZF, DZN, DR = (hs.new_empty((T, B, H)) for _ in range(3))
-        g_v, f_v, omf_v = G.unbind(0), f.unbind(0), omf.unbind(0)
-        kn_v, ka_v, kb_v = kn.unbind(0), ka.unbind(0), kb.unbind(0)
-        dzf_v, dzn_v, dr_v = DZF.unbind(0), DZN.unbind(0), DR.unbind(0)
+        X = _times_one_minus_(N * F, F)  # ka + kb = n f (1 - f)
+        _one_minus_square_(N).mul_(F)  # n -> kn
+        _times_one_minus_(R, F)  # f hp -> kb
+        G = _grad_buffer(go)  # (T+1, B, H)
+        e = hs.new_empty((B, H))  # per-step scratch
+        g_v, f_v = G.unbind(0), F.unbind(0)
+        ka_v, kn_v, kb_v = X.unbind(0), N.unbind(0), R.unbind(0)
         for t in range(T - 1, -1, -1):
             g = g_v[t + 1]
-            torch.mul(g, kn_v[t], out=dzn_v[t])
-            torch.mm(dzn_v[t], Un, out=dr_v[t])  # dL/dr, r = f*h
-            torch.mul(g, ka_v[t], out=dzf_v[t]).addcmul_(dr_v[t], kb_v[t])
-            g_v[t].addcmul_(g, omf_v[t]).addcmul_(dr_v[t], f_v[t]).addmm_(dzf_v[t], Uf)
+            dzn = kn_v[t].mul_(g)
+            torch.addmm(g, dzn, Un, beta=-1.0, out=e)  # dr - g
+            dzf = ka_v[t].mul_(g).addcmul_(e, kb_v[t])
+            g_v[t].add_(g).addcmul_(e, f_v[t]).addmm_(dzf, Uf)
         need = ctx.needs_input_grad
-        gUf = DZF.view(T * B, H).T @ hp.reshape(T * B, H) if need[2] else None
-        gUn = DZN.view(T * B, H).T @ R.view(T * B, H) if need[3] else None
-        return DZF, DZN, gUf, gUn, G[0]
+        gUf = _gram_prev(X, h0, hs) if need[2] else None
+        gUn = None
+        if need[3]:
+            R = _mul_prev(F, h0, hs, out=R)  # f hp again (kb is spent)
+            gUn = N.view(T * B, H).T @ R.view(T * B, H)
+        return X, N, gUf, gUn, G[0]
 
 
-def mgu_scan(xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor) -> Tensor:
+def mgu_scan(
+    xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, *, final_only: bool = False
+) -> Tensor:
     """Fused MGU recurrence over a whole sequence, with a hand-written backward.
 
     ``f = sig(xf_t + h @ Uf.T); n = tanh(xn_t + (f*h) @ Un.T); h' = (1-f)*h + f*n``.
@@ -478,15 +556,19 @@ def mgu_scan(xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor) -> Tens
         Uf: recurrent weight of the forget gate, (H, H).
         Un: recurrent weight of the candidate, (H, H).
         h0: initial state, (B, H).
+        final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
+            buffer of states (e.g. for long no-grad runs to measure attractors).
 
     Returns:
-        Every step's state, (T, B, H). Gradients flow to all five inputs.
+        Every step's state, (T, B, H), or the last one, (B, H). Gradients flow to all five inputs.
     """
     _check("mgu_scan", {"xf": xf, "xn": xn}, h0)
     H = h0.size(1)
     _check_weight("mgu_scan", "Uf", Uf, (H, H), h0)
     _check_weight("mgu_scan", "Un", Un, (H, H), h0)
     if _needs_graph(xf, xn, Uf, Un, h0):
-        return _MGUScan.apply(xf, xn, Uf, Un, h0)
+        hs = _MGUScan.apply(xf, xn, Uf, Un, h0)
+        return hs[-1] if final_only else hs
     with torch.no_grad():
-        return _mgu_forward(xf, xn, Uf, Un, h0, keep=False)[0]
+        hs = _mgu_forward(xf, xn, Uf, Un, h0, keep=False, all_states=not final_only)[0]
+    return hs[-1] if final_only else hs

@@ -45,9 +45,7 @@ def make_args(
     return [t.requires_grad_() for t in (*xs, *ws, h0)]
 
 
-def values_and_grads(
-    scan: Scan, args: list[Tensor], go: Tensor
-) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+def values_and_grads(scan: Scan, args: list[Tensor], go: Tensor) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     """hs and the gradients of <hs, go> w.r.t. every argument."""
     hs = scan(*args)
     grads = torch.autograd.grad(hs, args, go, allow_unused=True)
@@ -59,7 +57,7 @@ def assert_match(cell: str, args: list[Tensor], go: Tensor, atol: float, rtol: f
     hs_f, g_f = values_and_grads(fast, args, go)
     hs_r, g_r = values_and_grads(ref, args, go)
     torch.testing.assert_close(hs_f, hs_r, atol=atol, rtol=rtol)
-    for i, (a, b) in enumerate(zip(g_f, g_r)):
+    for i, (a, b) in enumerate(zip(g_f, g_r, strict=True)):
         assert a is not None and b is not None, f"argument {i} got no gradient"
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"{cell} grad of arg {i}")
 
@@ -95,7 +93,7 @@ def test_final_state_loss_and_broadcast_grad(cell: str) -> None:
     for loss_of in (lambda hs: hs[-1].pow(2).sum(), lambda hs: hs.sum()):
         g_f = torch.autograd.grad(loss_of(fast(*args)), args)
         g_r = torch.autograd.grad(loss_of(ref(*args)), args)
-        for a, b in zip(g_f, g_r):
+        for a, b in zip(g_f, g_r, strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
@@ -106,9 +104,7 @@ def test_expanded_inputs(cell: str) -> None:
     gen = torch.Generator().manual_seed(6)
     n = N_X[cell]
     # x[0]: constant over time; others: constant over time and batch
-    bases = [
-        torch.randn(1, B if i == 0 else 1, H, generator=gen, dtype=torch.float64) for i in range(n)
-    ]
+    bases = [torch.randn(1, B if i == 0 else 1, H, generator=gen, dtype=torch.float64) for i in range(n)]
     ws = make_weights(cell, H, gen, torch.float64)
     h0 = torch.randn(B, H, generator=gen, dtype=torch.float64)
     leaves = [t.requires_grad_() for t in (*bases, *ws, h0)]
@@ -122,20 +118,58 @@ def test_expanded_inputs(cell: str) -> None:
 
     (hs_f, g_f), (hs_r, g_r) = run(fast), run(ref)
     torch.testing.assert_close(hs_f, hs_r, atol=1e-12, rtol=1e-12)
-    for a, b in zip(g_f, g_r):
+    for a, b in zip(g_f, g_r, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("dim", [1, -1])
-def test_join_keeps_expanded_inputs_unmaterialised(dim: int) -> None:
+@pytest.mark.parametrize("dim", [1, 2])
+def test_gather_keeps_expanded_inputs_unmaterialised(dim: int) -> None:
     a = torch.randn(1, 3, 4).expand(50, 3, 4)
     b = torch.randn(1, 1, 4).expand(50, 3, 4)
-    joined = fused._join(a, b, dim=dim, scale_b=2.0)
-    assert joined.stride(0) == 0
-    torch.testing.assert_close(
-        joined,
-        torch.cat([a, 2.0 * b], dim=-1) if dim == -1 else torch.stack([a, 2.0 * b], dim=1),
-    )
+    expected = torch.stack([a, 2.0 * b], dim=dim)
+    stacked, owned = fused._gather([a, b], [1.0, 2.0], dim=dim)
+    assert stacked.stride(0) == 0 and not owned
+    torch.testing.assert_close(stacked, expected)
+    stacked, owned = fused._gather([a.contiguous(), b], [1.0, 2.0], dim=dim)
+    assert owned
+    torch.testing.assert_close(stacked, expected)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_step(cell: str) -> None:
+    args = make_args(cell, T=1, B=2, H=3, seed=15)
+    go = torch.randn(1, 2, 3, dtype=torch.float64)
+    assert_match(cell, args, go, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_retain_graph_and_outputs_untouched(cell: str) -> None:
+    """The backward reuses its saved buffers, but never when the graph is kept, nor hs."""
+    fast, ref = scans(cell)
+    args = make_args(cell, T=12, B=3, H=4, seed=13)
+    hs = fast(*args)
+    hs_before = hs.detach().clone()
+    go = torch.randn_like(hs)
+    first = torch.autograd.grad(hs, args, go, retain_graph=True)
+    second = torch.autograd.grad(hs, args, go)
+    expected = torch.autograd.grad(ref(*args), args, go)
+    torch.testing.assert_close(hs.detach(), hs_before, atol=0, rtol=0)
+    for a, b, c in zip(first, second, expected, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(b, c, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_grads_accumulate_on_leaves(cell: str) -> None:
+    """Two forward/backward passes accumulate twice the gradient in .grad (no aliasing)."""
+    fast, ref = scans(cell)
+    args = make_args(cell, T=10, B=2, H=3, seed=14)
+    for _ in range(2):
+        fast(*args).square().sum().backward()
+    expected = torch.autograd.grad(ref(*args).square().sum(), args)
+    for a, e in zip(args, expected, strict=True):
+        assert a.grad is not None
+        torch.testing.assert_close(a.grad, 2.0 * e, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -168,7 +202,7 @@ def test_chunked_projection_inputs(cell: str) -> None:
         hs = scan(*xs, *ws, h0)
         return (hs.detach(), *torch.autograd.grad(hs[-1].square().sum(), [W, b, *ws]))
 
-    for a, r in zip(run(fast), run(ref)):
+    for a, r in zip(run(fast), run(ref), strict=True):
         torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
 
 
@@ -187,6 +221,26 @@ def test_no_grad_path_matches(cell: str) -> None:
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_final_only(cell: str) -> None:
+    """final_only returns hs[-1]: with a graph (and its gradients) and without one."""
+    fast, ref = scans(cell)
+    args = make_args(cell, T=30, B=3, H=4, seed=16)
+    n = N_X[cell]
+    expanded = [a[:1].expand_as(a) for a in args[:n]] + args[n:]  # the warm-up's constant input
+    for inputs in (args, expanded):
+        expected = ref(*inputs)[-1]
+        last = fast(*inputs, final_only=True)
+        assert last.shape == expected.shape
+        torch.testing.assert_close(last, expected, atol=1e-12, rtol=1e-12)
+        g_f = torch.autograd.grad(last.sum(), args)
+        g_r = torch.autograd.grad(expected.sum(), args)
+        for a, b in zip(g_f, g_r, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(*inputs, final_only=True), expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_partial_requires_grad(cell: str) -> None:
     """Weights frozen, inputs trainable (a warm-up restricted to some parameters)."""
     fast, ref = scans(cell)
@@ -195,7 +249,7 @@ def test_partial_requires_grad(cell: str) -> None:
     args = [a if i < n else a.detach() for i, a in enumerate(args)]
     g_f = torch.autograd.grad(fast(*args).sum(), args[:n])
     g_r = torch.autograd.grad(ref(*args).sum(), args[:n])
-    for a, b in zip(g_f, g_r):
+    for a, b in zip(g_f, g_r, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
@@ -212,6 +266,7 @@ def test_errors_name_the_problem() -> None:
         fused.mgu_scan(x, x, torch.eye(3), torch.eye(3), torch.zeros(2, 3, dtype=torch.float64))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_matches_cpu_reference(cell: str) -> None:
@@ -223,6 +278,6 @@ def test_cuda_matches_cpu_reference(cell: str) -> None:
     cuda_args = [a.detach().cuda().requires_grad_() for a in args]
     hs_f, g_f = values_and_grads(fast, cuda_args, go.cuda())
     torch.testing.assert_close(hs_f.cpu(), hs_r, atol=1e-10, rtol=1e-10)
-    for a, b in zip(g_f, g_r):
+    for a, b in zip(g_f, g_r, strict=True):
         assert a is not None
         torch.testing.assert_close(a.cpu(), b, atol=1e-10, rtol=1e-10)

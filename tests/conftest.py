@@ -1,0 +1,30 @@
+"""Shared fixtures. Ray: one session-scoped local instance (never one per test, never under xdist)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """A 2-CPU local Ray for the whole session; yields its address (for subprocess drivers).
+
+    Token authentication is disabled (as in CI), and the workers get the repository and this
+    folder on their ``PYTHONPATH`` so they can import the tests' analytic objectives.
+    """
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                   configure_logging=False)
+    try:
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
