@@ -23,6 +23,9 @@ Plain autograd loops (``*_scan_reference``) define what each fused scan must com
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -211,6 +214,28 @@ def _own(*saved: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.clone() for t in saved)
 
 
+_SMALL_STEP_MACS = 1 << 20  # per-step matmuls smaller than this run on one CPU thread
+
+
+@contextlib.contextmanager
+def _one_thread(x: Tensor, step_macs: int) -> Iterator[None]:
+    """Run a per-step loop with one intra-op CPU thread, restoring the caller's count after.
+
+    Element-wise kernels on a (B, H) tile are too small to be split anyway, but BLAS splits even
+    a (32 x 64) @ (64 x 64) matmul over all threads, and the synchronisation then costs several
+    times the product (far more on a shared, loaded machine). Larger matmuls keep the threads.
+    """
+    n = torch.get_num_threads()
+    if x.device.type != "cpu" or n == 1 or step_macs >= _SMALL_STEP_MACS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _needs_graph(*xs: Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
@@ -270,11 +295,9 @@ def _brc_forward(
     minus_one = xh.new_full((), -1.0)
     hs = xh.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    s2_v, n_v = _steps(S[:, :2], T), _steps(S[:, 2], T)
+    s2_v, c_v, a_v, n_v = (_steps(v, T) for v in (S[:, :2], S[:, 0], S[:, 1], S[:, 2]))
     x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X[:, :2], T), _steps(X[:, 2], T))  # in place
-    for x2, xk, s2, c, a, n, h_t in zip(
-        x2_v, xk_v, s2_v, *(_steps(v, T) for v in (S[:, 0], S[:, 1])), n_v, _steps(hs, T), strict=True
-    ):
+    for x2, xk, s2, c, a, n, h_t in zip(x2_v, xk_v, s2_v, c_v, a_v, n_v, _steps(hs, T), strict=True):
         torch.addcmul(x2, w2, h, out=s2)  # (2, B, H) pre-activations [zc, 2 za]
         s2.sigmoid_()  # [c, a/2]: 1 + tanh(za) = 2 sig(2 za)
         torch.addcmul(xk, a, h, value=2.0 * k, out=n)  # k zh = k (xh + a h)
@@ -383,17 +406,17 @@ def _nbrc_forward(
     minus_one = xh.new_full((), -1.0)
     hs = xh.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    s2_v, n_v = _steps(S[:, :, :2].flatten(2), T), _steps(S[:, :, 2], T)  # (B, 2H) rows 3H apart
-    x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X[:, :, :2].flatten(2), T), _steps(X[:, :, 2], T))
-    for x2, xk, s2, c, a, n, h_t in zip(
-        x2_v, xk_v, s2_v, *(_steps(v, T) for v in (S[:, :, 0], S[:, :, 1])), n_v, _steps(hs, T), strict=True
-    ):
-        torch.addmm(x2, h, W2t, out=s2)  # (B, 2H) pre-activations [zc, 2 za]
-        s2.sigmoid_()
-        torch.addcmul(xk, a, h, value=2.0 * k, out=n)
-        _tanh_scaled_(n, k, minus_one)
-        torch.lerp(n, h, c, out=h_t)
-        h = h_t
+    S2, X2 = S[:, :, :2].flatten(2), X[:, :, :2].flatten(2)  # (T, B, 2H), rows 3H apart
+    s2_v, c_v, a_v, n_v = (_steps(v, T) for v in (S2, S[:, :, 0], S[:, :, 1], S[:, :, 2]))
+    x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X2, T), _steps(X[:, :, 2], T))  # in place
+    with _one_thread(hs, B * H * 2 * H):
+        for x2, xk, s2, c, a, n, h_t in zip(x2_v, xk_v, s2_v, c_v, a_v, n_v, _steps(hs, T), strict=True):
+            torch.addmm(x2, h, W2t, out=s2)  # (B, 2H) pre-activations [zc, 2 za]
+            s2.sigmoid_()
+            torch.addcmul(xk, a, h, value=2.0 * k, out=n)
+            _tanh_scaled_(n, k, minus_one)
+            torch.lerp(n, h, c, out=h_t)
+            h = h_t
     return hs, S
 
 
@@ -430,9 +453,10 @@ class _NBRCScan(torch.autograd.Function):
         G = _grad_buffer(go)  # (T+1, B, H)
         g_v, gu_v = G.unbind(0), G.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
         k_v, dz_v, k4_v = K.unbind(0), K.flatten(2).unbind(0), k4.unbind(0)
-        for t in range(T - 1, -1, -1):
-            k_v[t].mul_(gu_v[t + 1])  # K_t -> [dzc, dza]_t, (B, 2, H)
-            g_v[t].addcmul_(k4_v[t], g_v[t + 1]).addmm_(dz_v[t], W2)
+        with _one_thread(hs, B * 2 * H * H):
+            for t in range(T - 1, -1, -1):
+                k_v[t].mul_(gu_v[t + 1])  # K_t -> [dzc, dza]_t, (B, 2, H)
+                g_v[t].addcmul_(k4_v[t], g_v[t + 1]).addmm_(dz_v[t], W2)
         need = ctx.needs_input_grad
         gWc = gWa = None
         if need[3] or need[4]:
@@ -489,14 +513,15 @@ def _mgu_forward(
     minus_one = xf.new_full((), -1.0)
     hs = xf.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
-    for xf_t, xn_t, f, r, n, h_t in zip(*(_steps(v, T) for v in (xf, xn, F, R, N, hs)), strict=True):
-        torch.addmm(xf_t, h, UfT, out=f)
-        f.sigmoid_()
-        torch.mul(f, h, out=r)
-        torch.addmm(xn_t, r, UnT, beta=k, alpha=k, out=n)  # k zn
-        _tanh_scaled_(n, k, minus_one)
-        torch.lerp(h, n, f, out=h_t)  # (1-f)*h + f*n
-        h = h_t
+    with _one_thread(hs, B * H * H):
+        for xf_t, xn_t, f, r, n, h_t in zip(*(_steps(v, T) for v in (xf, xn, F, R, N, hs)), strict=True):
+            torch.addmm(xf_t, h, UfT, out=f)
+            f.sigmoid_()
+            torch.mul(f, h, out=r)
+            torch.addmm(xn_t, r, UnT, beta=k, alpha=k, out=n)  # k zn
+            _tanh_scaled_(n, k, minus_one)
+            torch.lerp(h, n, f, out=h_t)  # (1-f)*h + f*n
+            h = h_t
     return hs, F, R, N
 
 
@@ -528,12 +553,13 @@ class _MGUScan(torch.autograd.Function):
         e = hs.new_empty((B, H))  # per-step scratch
         g_v, f_v = G.unbind(0), F.unbind(0)
         ka_v, kn_v, kb_v = X.unbind(0), N.unbind(0), R.unbind(0)
-        for t in range(T - 1, -1, -1):
-            g = g_v[t + 1]
-            dzn = kn_v[t].mul_(g)
-            torch.addmm(g, dzn, Un, beta=-1.0, out=e)  # dr - g
-            dzf = ka_v[t].mul_(g).addcmul_(e, kb_v[t])
-            g_v[t].add_(g).addcmul_(e, f_v[t]).addmm_(dzf, Uf)
+        with _one_thread(hs, B * H * H):
+            for t in range(T - 1, -1, -1):
+                g = g_v[t + 1]
+                dzn = kn_v[t].mul_(g)
+                torch.addmm(g, dzn, Un, beta=-1.0, out=e)  # dr - g
+                dzf = ka_v[t].mul_(g).addcmul_(e, kb_v[t])
+                g_v[t].add_(g).addcmul_(e, f_v[t]).addmm_(dzf, Uf)
         need = ctx.needs_input_grad
         gUf = _gram_prev(X, h0, hs) if need[2] else None
         gUn = None

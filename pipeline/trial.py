@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,17 +52,172 @@ def _finite_or_none(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else v
 
 
+class _Replica:
+    """One seed of a trial, advanced phase by phase so that several seeds run in lockstep.
+
+    Its record holds every flat config key (with this replica's seed), ``RECORD_FIELDS`` and
+    ``curves``. A divergence or runtime failure ends only this replica (``alive`` turns False).
+    """
+
+    def __init__(self, cfg: TrialConfig, device: torch.device, t_start: float) -> None:
+        self.cfg, self.device, self.t_start = cfg, device, t_start
+        self.gen, self.measure_gen = seed_trial(cfg.seed)
+        self.task = build_task(cfg, self.gen)  # may raise: missing data is bad input
+        # weights from the global RNG just seeded, before another replica reseeds it
+        self.net = build_model(cfg.model, self.task.input_size, self.task.output_size,
+                               cfg.warm_width)
+        self.rec: dict[str, Any] = {**cfg.to_dict(), **dict.fromkeys(RECORD_FIELDS)}
+        self.rec.update(device=str(device), epochs_run=0, warmup_steps_run=0, warmup_s=0.0,
+                        train_s=0.0, curves=[])
+        self.alive = True
+        self.trainer: Trainer | None = None
+
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; a divergence or failure ends this replica and is recorded."""
+        try:
+            return fn()
+        except Diverged as exc:
+            self.alive = False
+            self.rec.update(status="diverged", diverged_phase=exc.phase, diverged_step=exc.step,
+                            error=str(exc))
+        except StopTrial:
+            raise
+        except Exception as exc:  # a runtime failure (e.g. out of memory) is a result
+            self.alive = False
+            self.rec.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        return None
+
+    def emit(self, m: dict[str, Any]) -> dict[str, Any]:
+        m["elapsed_s"] = time.perf_counter() - self.t_start
+        self.rec["curves"].append({k: m.get(k) for k in CURVE_FIELDS})
+        return m
+
+    def setup(self) -> None:
+        cfg, task = self.cfg, self.task
+        self.net = self.net.to(self.device)
+        self.rec["n_params"] = self.net.n_params
+        n = min(cfg.warmup.batch_size, len(task.train))
+        self.star_x = task.train.batch(torch.arange(n))[0].to(self.device)  # fixed VAA* batch
+        self.rec["vaa_init"] = measure_vaa(self.net, task.train, cfg.vaa, self.measure_gen,
+                                           self.device)
+        self.rec["vaa_star_init"] = _vaa_star_now(self.net, self.star_x, cfg, self.measure_gen)
+
+    def warmup(self) -> Iterator[dict[str, Any]]:
+        t0 = time.perf_counter()
+        try:
+            if self.cfg.warms_up:
+                for m in warmup_loop(self.net, self.task.train, self.cfg.warmup, self.gen,
+                                     self.device):
+                    self.rec["warmup_steps_run"] = m["step"] + 1
+                    yield self.emit(m)
+        finally:
+            self.rec["warmup_s"] = time.perf_counter() - t0
+
+    def after_warmup(self) -> None:
+        cfg = self.cfg
+        self.rec["vaa_warm"] = measure_vaa(self.net, self.task.train, cfg.vaa, self.measure_gen,
+                                           self.device)
+        self.rec["vaa_star_warm"] = _vaa_star_now(self.net, self.star_x, cfg, self.measure_gen)
+
+    def train(self) -> Iterator[dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.trainer = Trainer(self.net, self.task, self.cfg, self.gen, self.measure_gen,
+                               self.device)
+        try:
+            for m in train_loop(self.trainer):
+                self.rec["epochs_run"] = m["step"]
+                yield self.emit(m)
+        finally:
+            self.rec["train_s"] = time.perf_counter() - t0
+            self.rec["best_valid_loss"] = _finite_or_none(self.trainer.best_loss)
+            self.rec["best_epoch"] = self.trainer.best_epoch or None
+
+    def finish(self) -> None:
+        self.rec["test_loss"], self.rec["test_accuracy"] = evaluate(
+            self.net, self.task, self.task.test, self.device)
+        self.rec["status"] = "completed"
+
+
+def _mean(values: list[Any]) -> Any:
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)]
+    return sum(nums) / len(nums) if nums else None
+
+
+def _mean_metrics(ms: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metric dict from the replicas' dicts of the same step: numbers averaged."""
+    out = {"phase": ms[0]["phase"], "step": ms[0]["step"], "replicas_reporting": len(ms)}
+    for key in ms[0]:
+        if key not in out:
+            out[key] = _mean([m.get(key) for m in ms])
+    return out
+
+
+def _lockstep(replicas: list[_Replica], phase: Callable[[_Replica], Iterator[dict[str, Any]]],
+              report: Report) -> None:
+    """Advance every live replica's ``phase`` one step at a time; report the mean of each step."""
+    iters = {id(r): phase(r) for r in replicas if r.alive}
+    while iters:
+        step_metrics = []
+        for r in replicas:
+            it = iters.get(id(r))
+            if it is None:
+                continue
+            m = r.guarded(lambda it=it: next(it, None))
+            if m is None:
+                del iters[id(r)]
+            else:
+                step_metrics.append(m)
+        if step_metrics:
+            report(_mean_metrics(step_metrics) if len(replicas) > 1 else step_metrics[0])
+
+
+_STATUS_RANK = {"error": 3, "diverged": 2, "pruned": 1, "completed": 0}
+
+
+def _combine(cfg: TrialConfig, replicas: list[_Replica]) -> dict[str, Any]:
+    """The trial's record: the replica's own for one seed; else means over seeds and ``per_seed``."""
+    if len(replicas) == 1:
+        return replicas[0].rec
+    recs = [r.rec for r in replicas]
+    top: dict[str, Any] = {**cfg.to_dict(), **dict.fromkeys(RECORD_FIELDS)}
+    status = max((r["status"] for r in recs), key=lambda s: _STATUS_RANK[s])
+    top["status"] = status
+    errors = [f"seed {r['seed']}: {r['error']}" for r in recs if r["error"]]
+    top["error"] = "; ".join(errors) or None
+    first_bad = next((r for r in recs if r["status"] == "diverged"), None)
+    if first_bad is not None:
+        top["diverged_phase"], top["diverged_step"] = (first_bad["diverged_phase"],
+                                                       first_bad["diverged_step"])
+    for key in ("vaa_init", "vaa_star_init", "vaa_warm", "vaa_star_warm", "best_valid_loss",
+                "test_loss", "test_accuracy", "warmup_s", "train_s"):
+        top[key] = _mean([r[key] for r in recs])
+    for key in ("epochs_run", "warmup_steps_run", "n_params"):
+        top[key] = max((r[key] or 0) for r in recs)
+    top["best_epoch"] = None
+    top["device"] = recs[0]["device"]
+    top["curves"] = []
+    top["per_seed"] = recs
+    return top
+
+
 def run_trial(config: TrialConfig | Mapping[str, Any], report: Report | None = None
               ) -> dict[str, Any]:
     """Run one trial and return its flat record.
 
+    With ``replicas = R > 1`` the trial trains the seeds ``seed .. seed + R - 1`` in lockstep (each
+    exactly as a one-seed trial with that seed would run), reports the mean over seeds of every
+    step's metrics (the sweep prunes on the mean validation loss), and returns a record whose
+    metrics are means over seeds, with the seeds' own records in ``per_seed``.
+
     Args:
         config: a :class:`TrialConfig` or flat dotted keys.
-        report: called with each metric dict (warm-up steps, then epochs); may raise StopTrial.
+        report: called with each metric dict: ``{"phase": "setup", ...}`` (initial VAA), the
+            warm-up steps, ``{"phase": "warmed", ...}``, then the epochs; may raise StopTrial.
 
     Returns:
         Every flat config key, the fields of ``RECORD_FIELDS`` and ``curves`` (a list of dicts
-        with ``CURVE_FIELDS``).
+        with ``CURVE_FIELDS``); with replicas, ``per_seed``.
 
     Raises:
         ValueError, FileNotFoundError: bad config or missing data (before anything runs).
@@ -70,56 +225,35 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report | None = N
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     report = report or (lambda m: None)
     device = resolve_device(cfg.device)
-    gen, measure_gen = seed_trial(cfg.seed)
-    task = build_task(cfg, gen)
-    rec: dict[str, Any] = {**cfg.to_dict(), **dict.fromkeys(RECORD_FIELDS)}
-    rec.update(device=str(device), epochs_run=0, warmup_steps_run=0, warmup_s=0.0, train_s=0.0)
-    curves: list[dict[str, Any]] = []
-    rec["curves"] = curves
     t_start = time.perf_counter()
+    seeds = [cfg.seed + r for r in range(cfg.replicas)]
+    replicas = [_Replica(cfg.replace(seed=s, replicas=1) if cfg.replicas > 1 else cfg, device,
+                         t_start) for s in seeds]
 
-    def emit(m: dict[str, Any]) -> None:
-        m["elapsed_s"] = time.perf_counter() - t_start
-        curves.append({k: m.get(k) for k in CURVE_FIELDS})
-        report(m)
+    def each(method: str) -> None:
+        for r in replicas:
+            if r.alive:
+                r.guarded(getattr(r, method))
+
+    def summary(phase: str, keys: tuple[str, ...]) -> None:
+        live = [r.rec for r in replicas if r.alive]
+        if live:
+            report({"phase": phase, **{k: _mean([rec[k] for rec in live]) for k in keys}})
 
     try:
-        net = build_model(cfg.model, task.input_size, task.output_size, cfg.warm_width).to(device)
-        rec["n_params"] = net.n_params
-        star_x = task.train.batch(torch.arange(min(cfg.warmup.batch_size, len(task.train))))[0]
-        star_x = star_x.to(device)  # (T, n, I): a fixed batch for VAA* before/after warm-up
-        rec["vaa_init"] = measure_vaa(net, task.train, cfg.vaa, measure_gen, device)
-        rec["vaa_star_init"] = _vaa_star_now(net, star_x, cfg, measure_gen)
-        t0 = time.perf_counter()
-        if cfg.warms_up:
-            for m in warmup_loop(net, task.train, cfg.warmup, gen, device):
-                rec["warmup_steps_run"] = m["step"] + 1
-                emit(m)
-        rec["warmup_s"] = time.perf_counter() - t0
-        rec["vaa_warm"] = measure_vaa(net, task.train, cfg.vaa, measure_gen, device)
-        rec["vaa_star_warm"] = _vaa_star_now(net, star_x, cfg, measure_gen)
-        t0 = time.perf_counter()
-        trainer = Trainer(net, task, cfg, gen, measure_gen, device)
-        try:
-            for m in train_loop(trainer):
-                rec["epochs_run"] = m["step"]
-                emit(m)
-        finally:
-            rec["train_s"] = time.perf_counter() - t0
-            rec["best_valid_loss"] = _finite_or_none(trainer.best_loss)
-            rec["best_epoch"] = trainer.best_epoch or None
-        rec["test_loss"], rec["test_accuracy"] = evaluate(net, task, task.test, device)
-        rec["status"] = "completed"
-    except Diverged as exc:
-        rec.update(status="diverged", diverged_phase=exc.phase, diverged_step=exc.step,
-                   error=str(exc))
-        if exc.phase == "warmup":
-            rec["warmup_s"] = time.perf_counter() - t0
+        each("setup")
+        summary("setup", ("n_params", "vaa_init", "vaa_star_init"))
+        _lockstep(replicas, _Replica.warmup, report)
+        each("after_warmup")
+        summary("warmed", ("vaa_warm", "vaa_star_warm", "warmup_s"))
+        _lockstep(replicas, _Replica.train, report)
+        each("finish")
     except StopTrial:
-        rec["status"] = "pruned"
-    except Exception as exc:  # a runtime failure of this trial (e.g. out of memory) is a result
-        rec.update(status="error", error=f"{type(exc).__name__}: {exc}")
-    return rec
+        for r in replicas:
+            if r.alive:
+                r.alive = False
+                r.rec["status"] = "pruned"
+    return _combine(cfg, replicas)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -129,7 +263,7 @@ def _progress(m: dict[str, Any]) -> None:
         vaa = "" if m["vaa"] is None else f" vaa={m['vaa']:.3f}"
         print(f"epoch {m['step']}: train_loss={m['train_loss']:.5f} valid_loss="
               f"{m['valid_loss']:.5f}{acc}{vaa} ({m['elapsed_s']:.1f}s)", file=sys.stderr)
-    elif m["step"] % 10 == 0:
+    elif m["phase"] == "warmup" and m["step"] % 10 == 0:
         print(f"warm-up step {m['step']}: loss={m['loss']:.5f} vaa*={m['vaa_star']:.3f}",
               file=sys.stderr)
 

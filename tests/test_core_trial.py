@@ -105,7 +105,8 @@ def test_report_can_prune() -> None:
     rec = run_trial(tiny(**{"train.epochs": 5}), report)
     assert rec["status"] == "pruned" and rec["epochs_run"] == 1
     assert rec["test_loss"] is None
-    assert [m["phase"] for m in seen] == ["warmup"] * 3 + ["train"]
+    assert [m["phase"] for m in seen] == ["setup"] + ["warmup"] * 3 + ["warmed", "train"]
+    assert seen[0]["vaa_init"] == rec["vaa_init"] and seen[4]["vaa_warm"] == rec["vaa_warm"]
 
 
 def test_cli_json_record(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,3 +128,33 @@ def test_cli_bad_input_exits_2_with_one_line(bad: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert bad.split("=")[0] in lines[0] or "data_dir" in lines[0]
     assert proc.stdout == ""
+
+
+def test_replicas_train_each_seed_exactly_as_alone_and_report_the_mean() -> None:
+    seen: list[dict] = []
+    rec = run_trial(tiny(seed=5, replicas=2), seen.append)
+    alone = [run_trial(tiny(seed=s)) for s in (5, 6)]
+    assert rec["status"] == "completed" and len(rec["per_seed"]) == 2
+    for own, single in zip(rec["per_seed"], alone, strict=True):
+        assert comparable(own) == comparable(single)
+    assert rec["test_loss"] == pytest.approx((alone[0]["test_loss"] + alone[1]["test_loss"]) / 2)
+    epochs = [m for m in seen if m["phase"] == "train"]
+    assert len(epochs) == 2 and all(m["replicas_reporting"] == 2 for m in epochs)
+    assert epochs[0]["valid_loss"] == pytest.approx(
+        sum(c["valid_loss"] for a in alone for c in a["curves"][3:4]) / 2)
+
+
+def test_one_diverging_replica_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.train as train
+
+    real = train.Trainer.epoch
+
+    def epoch(self, e):
+        if self.cfg.seed == 1:
+            raise train.Diverged("train", 0)
+        return real(self, e)
+
+    monkeypatch.setattr(train.Trainer, "epoch", epoch)
+    rec = run_trial(tiny(seed=0, replicas=2))
+    assert [r["status"] for r in rec["per_seed"]] == ["completed", "diverged"]
+    assert rec["status"] == "diverged" and rec["per_seed"][0]["test_loss"] is not None
