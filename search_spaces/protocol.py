@@ -17,7 +17,6 @@ REFERENCE: dict[str, Any] = {
     "warmup.target": 0.95,
     "warmup.update": "all",
     "vaa.steps": 10_000,
-    "vaa.samples": 100,
 }
 """The reference implementation's defaults: hidden 256, 2 layers, batch 32, 50 epochs, 60,000
 generated training samples (80/20 train/validation), 10,000 test samples, no clipping."""
