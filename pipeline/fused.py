@@ -208,7 +208,7 @@ def _own(*saved: Tensor) -> tuple[Tensor, ...]:
     for another backward (``retain_graph=True``, ``gradcheck``) must find them intact. If this
     torch cannot tell, copies are made.
     """
-    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    keep = getattr(getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None)
     if keep is not None and not keep():
         return saved
     return tuple(t.clone() for t in saved)

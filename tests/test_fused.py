@@ -253,6 +253,19 @@ def test_partial_requires_grad(cell: str) -> None:
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_count_restored(cell: str) -> None:
+    """Per-step loops may run on one thread; the caller's setting is restored afterwards."""
+    fast, _ = scans(cell)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast(*make_args(cell, T=5, B=2, H=3, seed=17)).sum().backward()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_errors_name_the_problem() -> None:
     x = torch.randn(5, 2, 3)
     w = torch.ones(3)
