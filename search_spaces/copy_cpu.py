@@ -13,7 +13,7 @@ SPACE = SearchSpace(
     description="copy-first-input at CPU scale (REPRODUCTION.md): gru/lstm x T x cold/f=0.5/f=1",
     scientific={
         "model.cell": ("gru", "lstm"),
-        "task.seq_len": (25, 50, 100),
+        "task.seq_len": (25, 50, 100, 200),
         "warmup.steps": (0, 100),
         "warmup.fraction": (0.5, 1.0),
     },

@@ -40,18 +40,20 @@ def test_verdicts_by_hand() -> None:
     assert out["1."][0] == "supported"
     assert out["2."][0] == "supported"
     verdict3, ev3 = out["3."]
-    assert verdict3 == "supported"
+    assert verdict3 == "memory gain supported; precision cost seen for gru"
     assert "memory horizon cold 25 -> fully warmed 50" in ev3
     assert "warm-up impeded precision here" in ev3
     verdict4, ev4 = out["4."]
-    assert verdict4 == "supported" and "memory horizon 50 vs fully warmed 50" in ev4
+    assert verdict4 == "gru: memory kept, precision recovered"
+    assert "memory horizon 50 vs fully warmed 50" in ev4
 
 
 def test_a_run_without_the_effect_is_not_supported() -> None:
     trials, curves = tables()
     trials.loc[trials["warmup.steps"] > 0, "test_loss"] = 0.9  # warm-up learns nothing
     out = {c[:2]: v for c, v, _ in claims(prepare(trials), curves, 0.1)}
-    assert out["3."] == "not supported"
+    assert out["3."].startswith("memory gain not supported")
+    assert out["4."] == "gru: memory kept, precision not recovered"  # 0 >= 0; 0.9 vs 0.9
 
 
 def test_missing_tables_exit_2(tmp_path: Path) -> None:
