@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from ray import tune
 import search_spaces
 from pipeline.callbacks import Progress, ResultsWriter
 from pipeline.config import MNIST_TASKS, TrialConfig, parse_sets
+from pipeline.ray_session import BadInput, check_resources, connect, quiet_logs
 from pipeline.results import ResultsError, Store, provenance
 from pipeline.scheduler import OptunaPruningScheduler
 from pipeline.searcher import PointStudySearcher, check_journal, make_sampler
@@ -40,10 +40,6 @@ from search_spaces.space import SearchSpace, estimate_core_hours, point_key
 __all__ = ["main"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class BadInput(Exception):
-    """Input the sweep refuses: reported as one line on stderr, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,79 +120,6 @@ def print_plan(space: SearchSpace, args: argparse.Namespace) -> None:
     print(f"estimated cost: about {hours:.3g} CPU core-hours without pruning, about "
           f"{hours / cores:.3g} h on this machine's {cores} cores (a rough model: "
           f"search_spaces.space.trial_core_seconds)")
-
-
-# --------------------------------------------------------------------------------------- Ray
-def _check_reachable(address: str) -> None:
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise BadInput(f"--address must be HOST:PORT (or auto) but got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise BadInput(f"cannot reach a Ray cluster at {address}: {exc}") from None
-
-
-def connect(address: str | None, *, verbose: bool) -> bool:
-    """Join the cluster at ``address``, or start a local Ray sized to this machine.
-
-    Returns True when this call started (and so must stop) Ray. An already initialised Ray (a
-    test session, a notebook) is used as it is.
-    """
-    if address and address not in ("auto", "local"):
-        _check_reachable(address)
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": verbose,
-                              "logging_level": logging.INFO if verbose else logging.ERROR}
-    try:
-        if address and address != "local":
-            ray.init(address=address, **kwargs)  # a cluster: it owns its resources
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"cannot connect to Ray at {address or 'a new local instance'}: {first}"
-                       ) from None
-    return True
-
-
-def check_resources(cpus: float, gpus: float) -> tuple[float, float]:
-    """Refuse requests no node can satisfy (Tune would wait for them forever); drop a GPU request
-    on a cluster without GPUs, with a warning. Returns the (cpus, gpus) to request."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    max_cpu = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
-    max_gpu = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
-    if cpus <= 0 or cpus > max_cpu:
-        raise BadInput(f"--cpus-per-trial {cpus:g} must be > 0 and at most the largest node's "
-                       f"{max_cpu:g} CPUs")
-    if gpus < 0:
-        raise BadInput(f"--gpus-per-trial must be >= 0 but got {gpus:g}")
-    if gpus > 0 and max_gpu == 0:
-        print(f"sweep: warning: --gpus-per-trial {gpus:g} but the cluster has no GPUs; the "
-              f"trials run on CPUs", file=sys.stderr, flush=True)
-        return cpus, 0.0
-    if gpus > max_gpu:
-        raise BadInput(f"--gpus-per-trial {gpus:g} exceeds the largest node's {max_gpu:g} GPUs")
-    return cpus, gpus
-
-
-def quiet_logs(path: str | None) -> logging.Handler | None:
-    """Ray's and Tune's log records go to ``path`` (when given); only errors reach the terminal.
-    Returns the file handler, to be removed at the end."""
-    logger = logging.getLogger("ray")
-    for handler in logger.handlers:
-        handler.setLevel(logging.ERROR)
-    if not path:
-        return None
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return handler
 
 
 def trial_name(trial: Any) -> str:
