@@ -100,6 +100,12 @@ def claims(df: pd.DataFrame, curves: pd.DataFrame, threshold: float) -> list[tup
     head = ("| cell | arm | " + " | ".join(f"T={t:g}" for t in lengths) + " | memory horizon |\n|"
             + "---|" * (len(lengths) + 3))
     grid = head + "\n" + "\n".join(rows)
+    fragile = [f"{cell} {arm} at T={t:g} ({_fmt(*ci[:2])})" for cell, arm, t, ci in table.itertuples(
+        index=False) if not math.isnan(ci[1]) and ci[0] - ci[1] < threshold < ci[0] + ci[1]]
+    if fragile:
+        grid += ("\n\nThe memory horizon uses the mean over seeds; at these points the 95% CI "
+                 f"straddles the threshold {threshold}, so some seeds learned and others did not: "
+                 + "; ".join(fragile) + ".")
     warm = [a for a in arms if a.startswith("f=1,")]
     part = [a for a in arms if a != "cold" and not a.startswith("f=1,")]
     mem_gain = {c: horizon.get((c, warm[0]), math.nan) > horizon.get((c, "cold"), math.nan)
