@@ -268,6 +268,17 @@ def _progress(m: dict[str, Any]) -> None:
               file=sys.stderr)
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/Inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one trial without Ray. Returns 0, or 2 on bad input."""
     p = argparse.ArgumentParser(prog="python -m pipeline.trial", description=__doc__.split("\n")[0])
@@ -288,13 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.curves:
-        rec.pop("curves")
+        for r in [rec, *rec.get("per_seed", [])]:
+            r.pop("curves", None)
     print(f"{rec['status']}: test_loss={rec['test_loss']} best_valid_loss={rec['best_valid_loss']} "
           f"vaa_init={rec['vaa_init']} vaa_warm={rec['vaa_warm']}", file=sys.stderr)
     if args.json:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in rec.items()}
-        print(json.dumps(clean, default=str))
+        print(json.dumps(_finite(rec), default=str))
     return 0
 
 
