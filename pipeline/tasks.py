@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ class Split:
 
     x: Tensor
     y: Tensor
-    make_seq: object | None = None
+    make_seq: Callable[[Tensor], Tensor] | None = None
 
     def __len__(self) -> int:
         return self.y.size(-2) if self.y.dim() == 3 else self.y.size(0)

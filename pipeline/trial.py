@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from pipeline.config import TrialConfig, parse_sets
-from pipeline.model import build_model
+from pipeline.model import ParallelNet, build_model
 from pipeline.multistability import draw_lengths, layer_vaa_star, measure_vaa, sample_states
 from pipeline.outcomes import Diverged, StopTrial
 from pipeline.seeding import resolve_device, seed_trial
@@ -40,7 +40,7 @@ CURVE_FIELDS = ("phase", "step", "train_loss", "valid_loss", "valid_accuracy", "
                 "elapsed_s")
 
 
-def _vaa_star_now(net, x, cfg: TrialConfig, gen: torch.Generator) -> float:
+def _vaa_star_now(net: ParallelNet, x: torch.Tensor, cfg: TrialConfig, gen: torch.Generator) -> float:
     """Mean over layers of VAA* of the warm parts after ``max_stabilization`` steps (no grad)."""
     with torch.no_grad():
         states = sample_states(net, x, draw_lengths(x.size(1), x.size(0), gen))
