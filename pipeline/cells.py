@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline import fused
+from pipeline import fused, fused_gated
 
 State = tuple[Tensor, ...]
 
@@ -60,10 +60,28 @@ class GRU(Cell):
         nn.init.zeros_(self.rnn.bias_ih_l0)
         nn.init.zeros_(self.rnn.bias_hh_l0)
 
+    def _scan(self, x: Tensor, state: State | None) -> Tensor:
+        """The fused scan (CPU): input projections in one matmul, then :func:`fused_gated.gru_scan`."""
+        r = self.rnn
+        h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
+        xp = _project(x, r.weight_ih_l0, r.bias_ih_l0).unsqueeze(1)  # (T, 1, B, 3H)
+        return fused_gated.gru_scan(xp, r.weight_hh_l0.T.unsqueeze(0), r.bias_hh_l0.unsqueeze(0),
+                                    h0.unsqueeze(0)).squeeze(1)
+
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
+        if x.device.type == "cpu":
+            return (self._scan(x, state),)
         h0 = None if state is None else state[0].unsqueeze(0).contiguous()
         y, _ = self.rnn(x, h0)  # (T, B, H)
         return (y,)
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if x.device.type == "cpu":
+            y = self._scan(x, state)
+            return y, (y[-1],)
+        h0 = None if state is None else state[0].unsqueeze(0).contiguous()
+        y, h = self.rnn(x, h0)
+        return y, (h[0],)
 
 
 class LSTM(Cell):
@@ -94,7 +112,7 @@ class LSTM(Cell):
         gates = (torch.nn.functional.linear(x, r.weight_ih_l0, r.bias_ih_l0 + r.bias_hh_l0)
                  + h_prev @ r.weight_hh_l0.T)  # (T, B, 4H), torch order i, f, g, o
         i, f, g, _ = gates.chunk(4, dim=-1)
-        cs = _linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
+        cs = fused_gated.linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
         return (y, cs)
 
 
@@ -175,16 +193,6 @@ class NBRC(Cell):
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
         return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
-
-
-def _linear_scan(f: Tensor, v: Tensor, c0: Tensor) -> Tensor:
-    """``c_t = f_t * c_{t-1} + v_t`` for all t: ``(T, B, H)`` gates, ``(B, H)`` start -> ``(T, B, H)``."""
-    out = []
-    c = c0
-    for t in range(f.size(0)):
-        c = torch.addcmul(v[t], f[t], c)
-        out.append(c)
-    return torch.stack(out)
 
 
 def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

@@ -1,0 +1,382 @@
+"""Fused, grouped sequence scans for the standard GRU and LSTM (ALGORITHM.md, "Cells").
+
+The library kernels (cuDNN, oneDNN) give no access to the LSTM cell state of every step, which
+hidden-state sampling needs, and on CPU torch runs the GRU step by step through autograd (two
+matmuls a step forward, more backward). These scans run the recurrent part of a whole sequence as
+one ``torch.autograd.Function`` with a hand-written backward, for G independent cells of the same
+width at once ("groups": the layers of a network during the warm-up's stabilisation, or stacked
+seed replicas), one batched matmul a step:
+
+- GRU, 6 kernels a step forward, 3 backward;
+- LSTM, 7 kernels a step forward, 5 backward, and every step's cell state as a second output.
+
+Everything that does not have to be sequential (gate derivatives, weight and bias gradients) is
+computed for all steps at once outside the loops. Shapes: inputs ``(T, G, B, kH)`` (input
+projections of all steps, computed by the caller in one matmul; may be expanded over time and
+batch), recurrent weights ``(G, H, kH)`` applied as ``h @ W``, states ``(G, B, H)``. The gate order
+is torch's for the GRU (r, z, n) and ``(o, i, f, g)`` for the LSTM (the caller permutes torch's
+i, f, g, o rows; see :func:`lstm_gate_order`). No host synchronisation happens in any loop.
+
+Plain autograd loops (``*_scan_reference``) define what each scan must compute.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from pipeline.fused import _one_thread, _own, _steps, _tanh_scale, _tanh_scaled_
+
+__all__ = ["gru_scan", "gru_scan_reference", "lstm_gate_order", "lstm_scan", "lstm_scan_reference"]
+
+
+def gru_scan_reference(x: Tensor, w: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """GRU recurrence as a plain autograd loop (the definition ``gru_scan`` must match).
+
+    ``a = h @ w + b``; ``r, z = sig(x_rz + a_rz)``; ``n = tanh(x_n + r * a_n)``;
+    ``h' = (1 - z) * n + z * h``.
+
+    Args:
+        x: input projections with the input bias, (T, G, B, 3H), gate order r, z, n.
+        w: recurrent weights, (G, H, 3H) (torch's ``weight_hh.T``).
+        b: recurrent bias, (G, 3H).
+        h0: initial state, (G, B, H).
+
+    Returns:
+        Every step's state, (T, G, B, H).
+    """
+    H = h0.size(-1)
+    h, hs = h0, []
+    for t in range(x.size(0)):
+        a = torch.baddbmm(b.unsqueeze(1), h, w)
+        rz = torch.sigmoid(x[t, ..., :2 * H] + a[..., :2 * H])
+        r, z = rz[..., :H], rz[..., H:]
+        n = torch.tanh(x[t, ..., 2 * H:] + r * a[..., 2 * H:])
+        h = (1.0 - z) * n + z * h
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def lstm_scan_reference(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM recurrence as a plain autograd loop (the definition ``lstm_scan`` must match).
+
+    ``p = x + h @ w``; ``o, i, f = sig(p_o, p_i, p_f)``, ``g = tanh(p_g)``; ``c' = f c + i g``;
+    ``h' = o tanh(c')``.
+
+    Args:
+        x: input projections with both biases, (T, G, B, 4H), gate order o, i, f, g.
+        w: recurrent weights, (G, H, 4H), same gate order.
+        h0: initial hidden state, (G, B, H).
+        c0: initial cell state, (G, B, H).
+
+    Returns:
+        Every step's hidden and cell states, (T, G, B, H) each.
+    """
+    H = h0.size(-1)
+    h, c, hs, cs = h0, c0, [], []
+    for t in range(x.size(0)):
+        p = torch.baddbmm(x[t], h, w)
+        o, i, f = torch.sigmoid(p[..., :3 * H]).split(H, dim=-1)
+        g = torch.tanh(p[..., 3 * H:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs), torch.stack(cs)
+
+
+def lstm_gate_order(hidden: int, device: torch.device) -> Tensor:
+    """Row indices that put torch's LSTM gate blocks (i, f, g, o) in this module's order (o, i, f, g)."""
+    return torch.cat([torch.arange(k * hidden, (k + 1) * hidden, device=device) for k in (3, 0, 1, 2)])
+
+
+def _check(name: str, x: Tensor, w: Tensor, states: tuple[Tensor, ...], k: int) -> None:
+    """Validate shapes, dtypes and devices of a scan's arguments."""
+    s = states[0]
+    if s.dim() != 3:
+        raise ValueError(f"{name}: states must be (G, B, H) but got shape {tuple(s.shape)}.")
+    G, B, H = s.shape
+    if x.dim() != 4 or x.size(0) < 1 or tuple(x.shape[1:]) != (G, B, k * H):
+        raise ValueError(f"{name}: x must be (T, {G}, {B}, {k * H}) with T >= 1 but got {tuple(x.shape)}.")
+    if tuple(w.shape) != (G, H, k * H):
+        raise ValueError(f"{name}: w must be ({G}, {H}, {k * H}) but got {tuple(w.shape)}.")
+    for t in (x, w, *states):
+        if t.dtype != s.dtype or t.device != s.device:
+            raise ValueError(f"{name}: arguments must share dtype and device; got {t.dtype} on {t.device} "
+                             f"and {s.dtype} on {s.device}.")
+    for t in states[1:]:
+        if t.shape != s.shape:
+            raise ValueError(f"{name}: states disagree in shape: {tuple(t.shape)} vs {tuple(s.shape)}.")
+
+
+def _prev(s0: Tensor, ss: Tensor) -> Tensor:
+    """States entering each step: [s0, ss[0], ..., ss[T-2]], (T, G, B, H)."""
+    return torch.cat([s0.unsqueeze(0), ss[:-1]])
+
+
+def _weight_grad(hp: Tensor, d: Tensor) -> Tensor:
+    """sum over steps and batch of hp^T d: (T, G, B, H), (T, G, B, K) -> (G, H, K)."""
+    G, H, K = hp.size(1), hp.size(-1), d.size(-1)
+    hp_g = hp.transpose(0, 1).reshape(G, -1, H)  # (G, T B, H)
+    return torch.bmm(hp_g.transpose(1, 2), d.transpose(0, 1).reshape(G, -1, K))
+
+
+def _grad_buffer(go: Tensor | None, like: Tensor) -> Tensor:
+    """(T+1, G, B, H): index 0 (the initial state's gradient) zero, 1.. the incoming gradients."""
+    buf = like.new_zeros((like.size(0) + 1, *like.shape[1:]))
+    if go is not None:
+        buf[1:].copy_(go)
+    return buf
+
+
+# --------------------------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------------------------
+
+
+def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_states: bool
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward without a graph: hs (T|1, G, B, H) and, when ``keep``, A = h @ w + b, RZ, N of every step."""
+    T = x.size(0)
+    G, B, H = h0.shape
+    steps = T if keep else 1
+    A = x.new_empty((steps, G, B, 3 * H))
+    RZ = x.new_empty((steps, G, B, 2 * H))
+    N = x.new_empty((steps, G, B, H))
+    hs = x.new_empty((T if all_states else 1, G, B, H))
+    bias = b.unsqueeze(1).expand(G, B, 3 * H).contiguous()
+    k = _tanh_scale(x)
+    minus_one = x.new_full((), -1.0)
+    if k != 1.0:  # tanh(z) = 2 sig(2z) - 1: pre-activations of n built doubled
+        x = torch.cat([x[..., :2 * H], x[..., 2 * H:] * k], dim=-1)
+        w = torch.cat([w[..., :2 * H], w[..., 2 * H:] * k], dim=-1)
+        bias[..., 2 * H:] *= k
+    h = h0
+    views = [_steps(v, T) for v in (x[..., :2 * H], x[..., 2 * H:], A, A[..., :2 * H], A[..., 2 * H:],
+                                     RZ, RZ[..., :H], RZ[..., H:], N, hs)]
+    with _one_thread(x, G * B * H * 3 * H):
+        for x_rz, x_n, a, a_rz, a_n, rz, r, z, n, h_t in zip(*views, strict=True):
+            torch.baddbmm(bias, h, w, out=a)
+            torch.add(x_rz, a_rz, out=rz).sigmoid_()
+            _tanh_scaled_(torch.addcmul(x_n, r, a_n, out=n), k, minus_one)
+            torch.lerp(n, h, z, out=h_t)  # (1 - z) n + z h
+            h = h_t
+    if k != 1.0 and keep:
+        A[..., 2 * H:] /= k
+    return hs, A, RZ, N
+
+
+class _GRUScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        hs, A, RZ, N = _gru_forward(x, w, b, h0, keep=True, all_states=True)
+        ctx.save_for_backward(w, h0, hs, A, RZ, N)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
+        # With g = dL/dh' (total) and hp the state entering the step:
+        #   dL/dx_n = g kn, kn = (1 - z)(1 - n^2)     dL/da_n = g kn r
+        #   dL/dx_r = dL/da_r = g kn a_n r (1 - r)     dL/dx_z = dL/da_z = g (hp - n) z (1 - z)
+        #   dL/dhp = g z + dL/da @ w^T
+        # so one step is: dA_t = K_t * g (K = [k_r, k_z, kn r]), then the two state terms.
+        w, h0, hs, A, RZ, N = ctx.saved_tensors
+        (A,) = _own(A)
+        T, G, B, H = hs.shape
+        r, z = RZ[..., :H], RZ[..., H:]
+        hp = _prev(h0, hs)
+        kn = N.mul(N).neg_().add_(1.0).mul_(1.0 - z)  # (1 - z)(1 - n^2)
+        K = A  # (T, G, B, 3H), overwritten block by block: [k_r, k_z, kn r]
+        K[..., :H].copy_(A[..., 2 * H:]).mul_(kn).mul_(r).mul_(1.0 - r)
+        torch.sub(hp, N, out=K[..., H:2 * H]).mul_(z).mul_(1.0 - z)
+        torch.mul(kn, r, out=K[..., 2 * H:])
+        GH = _grad_buffer(go, hs)
+        g_v, z_v = GH.unbind(0), z.unbind(0)
+        k_v = K.view(T, G, B, 3, H).unbind(0)
+        d_v = K.unbind(0)
+        wT = w.transpose(1, 2).contiguous()
+        with _one_thread(hs, G * B * H * 3 * H):
+            for t in range(T - 1, -1, -1):
+                g = g_v[t + 1]
+                k_v[t].mul_(g.unsqueeze(2))  # K_t -> dA_t
+                g_v[t].addcmul_(g, z_v[t]).baddbmm_(d_v[t], wT)
+        dA = K
+        dx = dA.clone()
+        torch.mul(kn, GH[1:], out=dx[..., 2 * H:])
+        need = ctx.needs_input_grad
+        dw = _weight_grad(hp, dA) if need[1] else None
+        db = dA.sum((0, 2)) if need[2] else None
+        return dx, dw, db, GH[0]
+
+
+def gru_scan(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, *, final_only: bool = False) -> Tensor:
+    """Fused GRU recurrence of G cells over a whole sequence, with a hand-written backward.
+
+    Args:
+        x: input projections with the input bias, (T, G, B, 3H), gate order r, z, n; may be
+            expanded (e.g. a constant input).
+        w: recurrent weights, (G, H, 3H), applied as ``h @ w`` (torch's ``weight_hh.T``).
+        b: recurrent bias, (G, 3H) (torch's ``bias_hh``; its n block is gated by r).
+        h0: initial state, (G, B, H).
+        final_only: return only the last state, (G, B, H); without a graph this keeps no
+            per-step buffers.
+
+    Returns:
+        Every step's state, (T, G, B, H), or the last one. Gradients flow to all four inputs.
+    """
+    _check("gru_scan", x, w, (h0,), 3)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, b, h0)):
+        hs = _GRUScan.apply(x, w, b, h0)
+        return hs[-1] if final_only else hs
+    with torch.no_grad():
+        hs = _gru_forward(x, w, b, h0, keep=False, all_states=not final_only)[0]
+    return hs[-1] if final_only else hs
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM
+# --------------------------------------------------------------------------------------------
+
+
+def _lstm_forward(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_states: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward without a graph: hs, cs and, when ``keep``, the activated gates P and tanh(c) TC."""
+    T = x.size(0)
+    G, B, H = h0.shape
+    steps = T if keep else 1
+    P = x.new_empty((steps, G, B, 4 * H))
+    TC = x.new_empty((steps, G, B, H))
+    n_out = T if all_states else 1
+    hs, cs = x.new_empty((n_out, G, B, H)), x.new_empty((n_out, G, B, H))
+    h, c = h0, c0
+    with _one_thread(x, G * B * H * 4 * H):
+        for x_t, p, tc, h_t, c_t in zip(_steps(x, T), _steps(P, T), _steps(TC, T), _steps(hs, T),
+                                        _steps(cs, T), strict=True):
+            torch.baddbmm(x_t, h, w, out=p)
+            p[..., :3 * H].sigmoid_()
+            p[..., 3 * H:].tanh_()
+            torch.mul(p[..., 2 * H:3 * H], c, out=c_t).addcmul_(p[..., H:2 * H], p[..., 3 * H:])
+            torch.mul(p[..., :H], torch.tanh(c_t, out=tc), out=h_t)
+            h, c = h_t, c_t
+    return hs, cs, P, TC
+
+
+class _LSTMScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
+        hs, cs, P, TC = _lstm_forward(x, w, h0, c0, keep=True, all_states=True)
+        ctx.save_for_backward(w, h0, c0, hs, cs, P, TC)
+        return hs, cs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, go_h: Tensor | None, go_c: Tensor | None) -> tuple[Tensor | None, ...]:
+        # With gh = dL/dh' and dc = dL/dc' (totals) and cp the cell state entering the step:
+        #   dc += gh ko,     ko = o (1 - tanh(c')^2)
+        #   dL/dp_o = gh k_o,  k_o = tanh(c') o (1 - o)
+        #   dL/dp_{i,f,g} = dc [g i (1 - i), cp f (1 - f), i (1 - g^2)]
+        #   dL/dcp = dc f,   dL/dhp = dL/dp @ w^T
+        w, h0, c0, hs, cs, P, TC = ctx.saved_tensors
+        P, TC = _own(P, TC)
+        T, G, B, H = hs.shape
+        o, i, f, g = P[..., :H], P[..., H:2 * H], P[..., 2 * H:3 * H], P[..., 3 * H:]
+        F = f.clone()
+        i_copy = i.clone()
+        kc = TC.mul(TC).neg_().add_(1.0).mul_(o)  # o (1 - tanh(c)^2)
+        o.mul_(1.0 - o).mul_(TC)  # k_o
+        i.mul_(1.0 - i).mul_(g)  # k_i
+        f.mul_(1.0 - f).mul_(_prev(c0, cs))  # k_f
+        g.mul_(g).neg_().add_(1.0).mul_(i_copy)  # k_g
+        del i_copy
+        GH, GC = _grad_buffer(go_h, hs), _grad_buffer(go_c, hs)
+        gh_v, gc_v, kc_v, f_v = GH.unbind(0), GC.unbind(0), kc.unbind(0), F.unbind(0)
+        ko_v = P[..., :H].unbind(0)
+        kifg_v = P.view(T, G, B, 4, H)[:, :, :, 1:].unbind(0)
+        d_v = P.unbind(0)
+        wT = w.transpose(1, 2).contiguous()
+        with _one_thread(hs, G * B * H * 4 * H):
+            for t in range(T - 1, -1, -1):
+                gh = gh_v[t + 1]
+                dc = gc_v[t + 1].addcmul_(gh, kc_v[t])
+                ko_v[t].mul_(gh)
+                kifg_v[t].mul_(dc.unsqueeze(2))  # P_t -> dL/dp_t
+                gc_v[t].addcmul_(dc, f_v[t])
+                gh_v[t].baddbmm_(d_v[t], wT)
+        dP = P
+        need = ctx.needs_input_grad
+        dw = _weight_grad(_prev(h0, hs), dP) if need[1] else None
+        return dP, dw, GH[0], GC[0]
+
+
+def lstm_scan(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, *, final_only: bool = False
+              ) -> tuple[Tensor, Tensor]:
+    """Fused LSTM recurrence of G cells over a whole sequence, with a hand-written backward.
+
+    Args:
+        x: input projections with both biases, (T, G, B, 4H), gate order o, i, f, g (see
+            :func:`lstm_gate_order`); may be expanded (e.g. a constant input).
+        w: recurrent weights, (G, H, 4H), applied as ``h @ w``, same gate order.
+        h0: initial hidden state, (G, B, H).
+        c0: initial cell state, (G, B, H).
+        final_only: return only the last states, (G, B, H) each; without a graph this keeps no
+            per-step buffers.
+
+    Returns:
+        Every step's hidden and cell states, (T, G, B, H) each, or the last ones. Gradients flow
+        to all four inputs, from both outputs.
+    """
+    _check("lstm_scan", x, w, (h0, c0), 4)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, h0, c0)):
+        hs, cs = _LSTMScan.apply(x, w, h0, c0)
+    else:
+        with torch.no_grad():
+            hs, cs = _lstm_forward(x, w, h0, c0, keep=False, all_states=not final_only)[:2]
+    return (hs[-1], cs[-1]) if final_only else (hs, cs)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear scan c_t = f_t c_{t-1} + v_t (the LSTM cell state, given the gates)
+# --------------------------------------------------------------------------------------------
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, f: Tensor, v: Tensor, c0: Tensor) -> Tensor:
+        cs = torch.empty_like(v)
+        c = c0
+        for f_t, v_t, c_t in zip(f.unbind(0), v.unbind(0), cs.unbind(0), strict=True):
+            torch.addcmul(v_t, f_t, c, out=c_t)
+            c = c_t
+        ctx.save_for_backward(f, c0, cs)
+        return cs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
+        # dc_t = go_t + f_{t+1} dc_{t+1}; dv_t = dc_t; df_t = dc_t c_{t-1}; dc0 = f_0 dc_0
+        f, c0, cs = ctx.saved_tensors
+        dc = go.clone()
+        d_v, f_v = dc.unbind(0), f.unbind(0)
+        for t in range(f.size(0) - 2, -1, -1):
+            d_v[t].addcmul_(f_v[t + 1], d_v[t + 1])
+        df = dc * torch.cat([c0.unsqueeze(0), cs[:-1]]) if ctx.needs_input_grad[0] else None
+        return df, dc, f[0] * dc[0]
+
+
+def linear_scan(f: Tensor, v: Tensor, c0: Tensor) -> Tensor:
+    """``c_t = f_t * c_{t-1} + v_t`` for all t, with a one-kernel-a-step backward.
+
+    Args:
+        f: multipliers, (T, ...).
+        v: addends, (T, ...), same shape as f.
+        c0: initial value, the shape of one step.
+
+    Returns:
+        Every step's value, (T, ...).
+    """
+    if f.shape != v.shape or f.shape[1:] != c0.shape:
+        raise ValueError(f"linear_scan: shapes disagree: f {tuple(f.shape)}, v {tuple(v.shape)}, "
+                         f"c0 {tuple(c0.shape)}.")
+    return _LinearScan.apply(f, v, c0)

@@ -1,0 +1,135 @@
+"""Fused, grouped GRU/LSTM scans and the linear scan agree with plain autograd loops and with
+torch's own GRU/LSTM (values and all gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from pipeline import fused_gated as fg
+from pipeline.cells import GRU, LSTM
+
+
+def leaves(*shapes: tuple[int, ...], seed: int = 0, scale: float = 0.7,
+           dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(scale * torch.randn(*s, generator=gen, dtype=dtype)).requires_grad_() for s in shapes]
+
+
+def grads(outs: tuple[Tensor, ...], args: list[Tensor], gos: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return torch.autograd.grad(outs, args, gos)
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_gru_scan_matches_reference_loop(G: int) -> None:
+    T, B, H = 9, 4, 5
+    args = leaves((T, G, B, 3 * H), (G, H, 3 * H), (G, 3 * H), (G, B, H))
+    go = torch.randn(T, G, B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hs_f, hs_r = fg.gru_scan(*args), fg.gru_scan_reference(*args)
+    torch.testing.assert_close(hs_f, hs_r, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads((hs_f,), args, (go,)), grads((hs_r,), args, (go,)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_lstm_scan_matches_reference_loop(G: int) -> None:
+    T, B, H = 9, 4, 5
+    args = leaves((T, G, B, 4 * H), (G, H, 4 * H), (G, B, H), (G, B, H))
+    gen = torch.Generator().manual_seed(1)
+    gos = tuple(torch.randn(T, G, B, H, dtype=torch.float64, generator=gen) for _ in range(2))
+    out_f, out_r = fg.lstm_scan(*args), fg.lstm_scan_reference(*args)
+    for a, b in zip(out_f, out_r, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads(out_f, args, gos), grads(out_r, args, gos), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # only the cell state used (the hidden output gets no gradient)
+    ga = torch.autograd.grad(fg.lstm_scan(*args)[1][-1].sum(), args)
+    gb = torch.autograd.grad(fg.lstm_scan_reference(*args)[1][-1].sum(), args)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_and_expanded_inputs() -> None:
+    T, G, B, H = 5, 2, 3, 3
+    gru = leaves((T, G, B, 3 * H), (G, H, 3 * H), (G, 3 * H), (G, B, H), seed=2)
+    assert torch.autograd.gradcheck(fg.gru_scan, gru)
+    lstm = leaves((T, G, B, 4 * H), (G, H, 4 * H), (G, B, H), (G, B, H), seed=3)
+    assert torch.autograd.gradcheck(fg.lstm_scan, lstm)
+    # a constant input (stride 0 over time and batch), as in the warm-up's stabilisation
+    (u,) = leaves((1, G, 1, 4 * H), seed=4)
+    w, h0, c0 = lstm[1:]
+    fast = fg.lstm_scan(u.expand(T, G, B, 4 * H), w, h0, c0, final_only=True)
+    ref = fg.lstm_scan_reference(u.expand(T, G, B, 4 * H), w, h0, c0)
+    torch.testing.assert_close(fast[1], ref[1][-1])
+    ga = torch.autograd.grad(sum(s.sum() for s in fast), (u, w))
+    gb = torch.autograd.grad(ref[0][-1].sum() + ref[1][-1].sum(), (u, w))
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # no graph: only the last state is kept
+        h_last = fg.gru_scan(gru[0], *gru[1:], final_only=True)
+    torch.testing.assert_close(h_last, fg.gru_scan_reference(*gru)[-1])
+
+
+def test_gru_cell_matches_torch_gru_in_float32() -> None:
+    """The CPU cell runs the fused scan; it must equal torch's own GRU, values and gradients."""
+    torch.manual_seed(0)
+    cell = GRU(3, 16)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # non-zero biases too
+    x = torch.randn(30, 8, 3)
+    h0 = torch.randn(8, 16)
+    go = torch.randn(30, 8, 16)
+    y, (h,) = cell(x, (h0,))
+    g_ours = torch.autograd.grad((y * go).sum(), list(cell.parameters()))
+    y_ref, h_ref = cell.rnn(x, h0.unsqueeze(0))
+    g_ref = torch.autograd.grad((y_ref * go).sum(), list(cell.parameters()))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_scan_matches_torch_lstm_in_float32() -> None:
+    """The grouped LSTM scan (torch's gates permuted to o, i, f, g) equals torch's LSTM."""
+    torch.manual_seed(0)
+    cell = LSTM(3, 16)
+    r = cell.rnn
+    x = torch.randn(30, 8, 3)
+    h0, c0 = torch.randn(8, 16), torch.randn(8, 16)
+    perm = fg.lstm_gate_order(16, x.device)
+    xp = torch.nn.functional.linear(x, r.weight_ih_l0[perm], (r.bias_ih_l0 + r.bias_hh_l0)[perm])
+    hs, cs = fg.lstm_scan(xp.unsqueeze(1), r.weight_hh_l0[perm].T.unsqueeze(0), h0[None], c0[None])
+    y, (h, c) = r(x, (h0[None], c0[None]))
+    torch.testing.assert_close(hs[:, 0], y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cs[-1, 0], c[0], rtol=1e-5, atol=1e-6)
+    g_ours = torch.autograd.grad(hs.sum() + cs[-1].sum(), list(r.parameters()))
+    g_ref = torch.autograd.grad(y.sum() + c.sum(), list(r.parameters()))
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_scan_matches_a_loop() -> None:
+    f, v, c0 = leaves((12, 3, 4), (12, 3, 4), (3, 4), seed=5)
+    go = torch.randn(12, 3, 4, dtype=torch.float64)
+    cs = fg.linear_scan(f, v, c0)
+    c, ref = c0, []
+    for t in range(12):
+        c = f[t] * c + v[t]
+        ref.append(c)
+    ref_t = torch.stack(ref)
+    torch.testing.assert_close(cs, ref_t)
+    for a, b in zip(grads((cs,), [f, v, c0], (go,)), grads((ref_t,), [f, v, c0], (go,)), strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(fg.linear_scan, (f, v, c0))
+
+
+def test_bad_shapes_raise() -> None:
+    x, w, b, h0 = leaves((4, 1, 2, 9), (1, 3, 9), (1, 9), (1, 2, 3))
+    with pytest.raises(ValueError, match="w must be"):
+        fg.gru_scan(x, w[:, :2], b, h0)
+    with pytest.raises(ValueError, match="x must be"):
+        fg.lstm_scan(x, w, h0, h0)
+    with pytest.raises(ValueError, match="shapes disagree"):
+        fg.linear_scan(x, x[:, :, :1], h0)
