@@ -6,7 +6,9 @@
 The settings mean what they mean for the speed yardstick (``shared/bench/naive_ref.py``): a
 network of ``layers`` layers of width ``hidden`` on input size 1, a warm-up step drawn at schedule
 step 20 (S ~ U{1..200}), and a copy-task train step (MSE at the last step) on a ``(T, B, 1)``
-batch. Prints one JSON line of medians: ``warmup_step_ms``, ``train_step_ms``, ``samples_per_s``.
+batch. With ``--replicas R``, R seeds (0..R-1) take each step together, grouped as a trial's seed
+replicas are. Prints one JSON line of medians: ``warmup_step_ms``, ``train_step_ms`` (for all R
+together), ``samples_per_s`` (R x B per train step).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
-from pipeline.model import build_model
+from pipeline.model import build_model, forward_group
 from pipeline.seeding import resolve_device
 from pipeline.tasks import Split
-from pipeline.warmup import warmup_step
+from pipeline.warmup import warmup_step_group
 
 
 def median_ms(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[], None]) -> float:
@@ -42,30 +44,38 @@ def median_ms(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[],
 
 
 def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
-          reps: int = 5) -> dict[str, float]:
-    """Time one warm-up step and one train step of the fully warmed network (f = 1)."""
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    net = build_model(ModelConfig(cell=cell, hidden_size=hidden, num_layers=layers), 1, 1,
-                      warm_width=hidden).to(device)
-    x = torch.randn(seq_len, batch, 1, device=device)
-    y = x[:1].clone()
-    data = Split(x, y)
+          reps: int = 5, replicas: int = 1) -> dict[str, float]:
+    """Time one warm-up step and one train step of ``replicas`` fully warmed networks (f = 1),
+    seeds 0..R-1, run grouped as a trial's seed replicas are."""
+    nets, datas, wopts, topts, xs, ys = [], [], [], [], [], []
     wcfg = WarmupConfig(batch_size=batch)
-    wopt = torch.optim.Adam(net.parameters(), lr=wcfg.lr)
-    topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for r in range(replicas):
+        torch.manual_seed(r)
+        net = build_model(ModelConfig(cell=cell, hidden_size=hidden, num_layers=layers), 1, 1,
+                          warm_width=hidden).to(device)
+        x = torch.randn(seq_len, batch, 1, device=device)
+        nets.append(net)
+        xs.append(x)
+        ys.append(x[:1].clone())
+        datas.append(Split(x, ys[-1]))
+        wopts.append(torch.optim.Adam(net.parameters(), lr=wcfg.lr))
+        topts.append(torch.optim.Adam(net.parameters(), lr=1e-3))
+    gens = [torch.Generator().manual_seed(r) for r in range(replicas)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def train_step() -> None:
-        loss = torch.nn.functional.mse_loss(net(x, 1), y)
-        topt.zero_grad(set_to_none=True)
-        loss.backward()
-        topt.step()
+        outs = forward_group(nets, xs, 1)
+        loss = sum(torch.nn.functional.mse_loss(o, y) for o, y in zip(outs, ys, strict=True))
+        for opt in topts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        for opt in topts:
+            opt.step()
 
-    wu = median_ms(lambda: warmup_step(net, wopt, data, 20, wcfg, gen, device), reps, 1, sync)
+    wu = median_ms(lambda: warmup_step_group(nets, wopts, datas, 20, wcfg, gens, device), reps, 1, sync)
     tr = median_ms(train_step, 2 * reps, 2, sync)
     return {"warmup_step_ms": round(wu, 3), "train_step_ms": round(tr, 3),
-            "samples_per_s": round(batch / (tr / 1e3), 1)}
+            "samples_per_s": round(replicas * batch / (tr / 1e3), 1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--replicas", type=int, default=1,
+                   help="seed replicas trained together (grouped), as a trial with replicas=R")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
-    for name in ("hidden", "seq_len", "batch", "layers", "reps"):
+    for name in ("hidden", "seq_len", "batch", "layers", "reps", "replicas"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1 but got {getattr(args, name)}",
                   file=sys.stderr)
@@ -92,9 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = bench(args.cell, args.hidden, args.seq_len, args.batch, args.layers, device, args.reps)
+    res = bench(args.cell, args.hidden, args.seq_len, args.batch, args.layers, device, args.reps,
+                args.replicas)
     out = {"impl": "warmup-sweep", "cell": args.cell, "hidden": args.hidden,
            "seq_len": args.seq_len, "batch": args.batch, "layers": args.layers,
+           "replicas": args.replicas,
            "device": str(device), "threads": torch.get_num_threads(), **res}
     if torch.cuda.is_available() and device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)

@@ -9,6 +9,8 @@ and MGU then run their recurrence through :mod:`pipeline.fused`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +41,17 @@ class Cell(nn.Module):
         """Output sequence ``(T, B, H)`` and final state (tuple of ``(B, H)``)."""
         seqs = self.forward_states(x, state)
         return seqs[0], tuple(s[-1] for s in seqs)
+
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        """Whether several cells of this class run faster as one grouped scan on ``device``."""
+        return False
+
+    @classmethod
+    def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
+                     ) -> list[State]:
+        """Every step's state of each cell on its own input, as one grouped scan."""
+        raise NotImplementedError
 
 
 def _block_init(weight: Tensor, blocks: int, init) -> None:
@@ -83,6 +96,20 @@ class GRU(Cell):
         y, h = self.rnn(x, h0)
         return y, (h[0],)
 
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        return True
+
+    @classmethod
+    def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
+                     ) -> list[State]:
+        rs = [c.rnn for c in cells]  # type: ignore[union-attr]
+        X = _stack_projections([(x, r.weight_ih_l0, r.bias_ih_l0) for x, r in zip(xs, rs, strict=True)])
+        hs = fused_gated.gru_scan(X, torch.stack([r.weight_hh_l0.T for r in rs]),
+                                  torch.stack([r.bias_hh_l0 for r in rs]),
+                                  torch.stack([s[0] for s in states]))
+        return [(hs[:, g],) for g in range(len(cells))]
+
 
 class LSTM(Cell):
     """Standard LSTM with torch's default initialisation; state ``(h, c)``.
@@ -114,6 +141,23 @@ class LSTM(Cell):
         i, f, g, _ = gates.chunk(4, dim=-1)
         cs = fused_gated.linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
         return (y, cs)
+
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        # on CPU, oneDNN's LSTM one cell at a time beats a grouped per-step loop (BENCHMARKS.md)
+        return device.type != "cpu"
+
+    @classmethod
+    def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
+                     ) -> list[State]:
+        rs = [c.rnn for c in cells]  # type: ignore[union-attr]
+        perm = fused_gated.lstm_gate_order(cells[0].hidden_size, xs[0].device)
+        X = _stack_projections([(x, r.weight_ih_l0[perm], (r.bias_ih_l0 + r.bias_hh_l0)[perm])
+                                for x, r in zip(xs, rs, strict=True)])
+        hs, cs = fused_gated.lstm_scan(X, torch.stack([r.weight_hh_l0[perm].T for r in rs]),
+                                       torch.stack([s[0] for s in states]),
+                                       torch.stack([s[1] for s in states]))
+        return [(hs[:, g], cs[:, g]) for g in range(len(cells))]
 
 
 class Chrono(LSTM):
@@ -204,6 +248,48 @@ def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if x.size(0) > 1 and x.stride(0) == 0:
         return torch.nn.functional.linear(x[:1], weight, bias).expand(x.size(0), -1, -1)
     return torch.nn.functional.linear(x, weight, bias)
+
+
+def _stack_projections(items: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """Each cell's input projection, stacked into ``(T, G, B, kH)``.
+
+    When every input is constant in time (the stabilisation), one step is stacked and expanded.
+    """
+    projs = [_project(x, w, b) for x, w, b in items]
+    if projs[0].size(0) > 1 and all(p.stride(0) == 0 for p in projs):
+        return torch.stack([p[:1] for p in projs], dim=1).expand(projs[0].size(0), -1, -1, -1)
+    return torch.stack(projs, dim=1)
+
+
+def run_group(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State | None] | None = None,
+              *, outputs_only: bool = False) -> list[State]:
+    """``cell.forward_states(x, state)`` for every (cell, x, state), as one grouped scan when the
+    cells are of one class and width, their inputs of one shape, and grouping pays on the device;
+    else one cell at a time. Each cell keeps its own parameters (gradients flow to each).
+
+    Args:
+        cells: the cells (e.g. one layer's warm part of each seed replica, or of every layer).
+        xs: their inputs, ``(T, B, I_g)`` each (the input sizes may differ).
+        states: their initial states (None: zeros).
+        outputs_only: only the output sequence is needed (a cell run alone then skips the
+            per-step work for its other state components).
+
+    Returns:
+        One tuple of ``(T, B, H)`` tensors per cell, as :meth:`Cell.forward_states` returns (with
+        ``outputs_only``, possibly only its first element).
+    """
+    states = [None] * len(cells) if states is None else list(states)
+    first = cells[0]
+    if (len(cells) > 1 and all(type(c) is type(first) and c.hidden_size == first.hidden_size
+                               for c in cells)
+            and len({(x.shape[0], x.shape[1], x.device, x.dtype) for x in xs}) == 1
+            and type(first).groups_well(xs[0].device)):
+        full = [c.zero_state(x.size(1), x) if s is None else s
+                for c, x, s in zip(cells, xs, states, strict=True)]
+        return type(first).group_states(cells, xs, full)
+    if outputs_only:
+        return [(c(x, s)[0],) for c, x, s in zip(cells, xs, states, strict=True)]
+    return [c.forward_states(x, s) for c, x, s in zip(cells, xs, states, strict=True)]
 
 
 def make_cell(name: str, input_size: int, hidden_size: int, *, chrono_t_max: float = 600.0,

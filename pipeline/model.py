@@ -8,12 +8,12 @@ f = 1 is the fully warmed network, f = 0 a plain cold network, f = 0.5 the refer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.cells import Cell, State, make_cell
+from pipeline.cells import Cell, State, make_cell, run_group
 from pipeline.config import ModelConfig
 
 
@@ -98,6 +98,38 @@ class ParallelNet(nn.Module):
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def layer_states_group(layers: Sequence[ParallelLayer], xs: Sequence[Tensor],
+                       states: Sequence[State | None] | None = None, *, outputs_only: bool = False
+                       ) -> list[State]:
+    """``layer.forward_states(x, state)`` for each layer (e.g. one per seed replica), with the warm
+    parts of all layers run as one grouped scan and the cold parts as another (see
+    :func:`pipeline.cells.run_group`).
+
+    Returns:
+        One tuple of ``(T, B, H)`` tensors per layer.
+    """
+    states = [None] * len(layers) if states is None else list(states)
+    per_part: list[list[State]] = []
+    for cells_cols in zip(*(list(layer.parts()) for layer in layers), strict=True):
+        cols = cells_cols[0][1]
+        per_part.append(run_group([c for c, _ in cells_cols], xs,
+                                  [None if s is None else tuple(t[:, cols] for t in s) for s in states],
+                                  outputs_only=outputs_only))
+    if len(per_part) == 1:
+        return per_part[0]
+    return [tuple(torch.cat(comps, dim=-1) for comps in zip(*parts, strict=True))
+            for parts in zip(*per_part, strict=True)]
+
+
+def forward_group(nets: Sequence[ParallelNet], xs: Sequence[Tensor], out_steps: int = 1) -> list[Tensor]:
+    """``net(x, out_steps)`` for each (net, x) of networks of one configuration (seed replicas),
+    layer by layer with each layer's parts of all networks grouped."""
+    xs = list(xs)
+    for layers in zip(*(net.layers for net in nets), strict=True):
+        xs = [seqs[0] for seqs in layer_states_group(layers, xs, outputs_only=True)]
+    return [net.readout(x[-out_steps:]) for net, x in zip(nets, xs, strict=True)]
 
 
 def build_model(cfg: ModelConfig, input_size: int, output_size: int, warm_width: int) -> ParallelNet:

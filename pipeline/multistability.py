@@ -4,12 +4,14 @@ the exact VAA of a network (ALGORITHM.md, "VAA", "VAA*", "Sampling reachable hid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from pipeline.cells import State
+from pipeline.cells import State, run_group
 from pipeline.config import VaaConfig
-from pipeline.model import ParallelNet
+from pipeline.model import ParallelNet, layer_states_group
 from pipeline.tasks import Split
 
 STAB_CHUNK = 512
@@ -71,13 +73,22 @@ def sample_states(net: ParallelNet, x: Tensor, lengths: Tensor, *, detach: bool 
     Returns:
         One tuple of ``(B, H)`` tensors per layer (LSTM: ``(h, c)``).
     """
-    idx = (lengths - 1).to(x.device)  # (B,)
-    cols = torch.arange(x.size(1), device=x.device)
-    out: list[State] = []
-    for layer in net.layers:
-        seqs = layer.forward_states(x)  # tuple of (T, B, H)
-        out.append(tuple((s[idx, cols].detach() if detach else s[idx, cols]) for s in seqs))
-        x = seqs[0]
+    return sample_states_group([net], [x], [lengths], detach=detach)[0]
+
+
+def sample_states_group(nets: Sequence[ParallelNet], xs: Sequence[Tensor], lengths: Sequence[Tensor],
+                        *, detach: bool = False) -> list[list[State]]:
+    """:func:`sample_states` for several networks of one configuration (seed replicas), each on its
+    own inputs and prefix lengths, with each layer of all networks run as one grouped scan."""
+    picks = [((n - 1).to(x.device), torch.arange(x.size(1), device=x.device))
+             for n, x in zip(lengths, xs, strict=True)]
+    out: list[list[State]] = [[] for _ in nets]
+    xs = list(xs)
+    for layers in zip(*(net.layers for net in nets), strict=True):
+        for r, seqs in enumerate(layer_states_group(layers, xs)):
+            idx, cols = picks[r]
+            out[r].append(tuple((s[idx, cols].detach() if detach else s[idx, cols]) for s in seqs))
+            xs[r] = seqs[0]
     return out
 
 
@@ -95,15 +106,56 @@ def layer_vaa_star(net: ParallelNet, states: list[State], steps: int, gen: torch
     Returns:
         ``(L,)`` tensor of per-layer VAA*.
     """
-    vals = []
-    for layer, state in zip(net.layers, states, strict=True):
-        cell, cols = next(layer.parts())  # the warm part when it exists
-        ref = state[0]
-        n = ref.size(0)
-        u = torch.randn(1, 1, layer.input_size, generator=gen).to(ref)
-        _, final = cell(u.expand(steps, n, -1), tuple(s[:, cols] for s in state))
-        vals.append(vaa_star(torch.cat(final, dim=-1), eps))
-    return torch.stack(vals)
+    return layer_vaa_star_group([net], [states], [steps], [gen], eps)[0]
+
+
+def _one_longest_run(device: torch.device) -> bool:
+    """Whether grouped stabilisation runs of different lengths share one run of the longest."""
+    return device.type != "cpu"
+
+
+def layer_vaa_star_group(nets: Sequence[ParallelNet], states: Sequence[list[State]],
+                         steps: Sequence[int], gens: Sequence[torch.Generator], eps: float
+                         ) -> list[Tensor]:
+    """:func:`layer_vaa_star` for several networks of one configuration, each with its own
+    states, stabilisation length and generator (drawn from in the same order as alone).
+
+    The stabilisation runs of all layers of all networks are independent, so they run grouped when
+    the cell groups well (see :func:`pipeline.cells.run_group`): on a GPU as one scan of the
+    longest length, each run's state read at its own length; on a CPU one scan per distinct
+    length. Otherwise each runs alone.
+
+    Returns:
+        One ``(L,)`` tensor of per-layer VAA* per network.
+    """
+    items = []  # (net index, cell, u, state, steps)
+    for r, (net, net_states, gen) in enumerate(zip(nets, states, gens, strict=True)):
+        for layer, state in zip(net.layers, net_states, strict=True):
+            cell, cols = next(layer.parts())  # the warm part when it exists
+            ref = state[0]
+            u = torch.randn(1, 1, layer.input_size, generator=gen).to(ref)
+            items.append((r, cell, u, tuple(s[:, cols] for s in state), steps[r]))
+    n = items[0][3][0].size(0)
+    device = items[0][2].device
+    finals: list[State | None] = [None] * len(items)
+    if type(items[0][1]).groups_well(device):
+        # on a GPU one grouped run of the longest length (steps are launch-bound); on a CPU,
+        # where a step costs in proportion to its work, one grouped run per distinct length
+        lengths = [0] if _one_longest_run(device) else sorted({it[4] for it in items})
+        for length in lengths:
+            members = [k for k, it in enumerate(items) if length in (0, it[4])]
+            longest = max(items[k][4] for k in members)
+            seqs = run_group([items[k][1] for k in members],
+                             [items[k][2].expand(longest, n, -1) for k in members],
+                             [items[k][3] for k in members])
+            for k, seq in zip(members, seqs, strict=True):
+                finals[k] = tuple(c[items[k][4] - 1] for c in seq)
+    else:
+        finals = [it[1](it[2].expand(it[4], n, -1), it[3])[1] for it in items]
+    vals: list[list[Tensor]] = [[] for _ in nets]
+    for it, final in zip(items, finals, strict=True):
+        vals[it[0]].append(vaa_star(torch.cat(final, dim=-1), eps))
+    return [torch.stack(v) for v in vals]
 
 
 @torch.no_grad()

@@ -9,14 +9,14 @@ above ``train.divergence_threshold``, naming the first bad step.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from pipeline.config import TrialConfig
-from pipeline.model import ParallelNet
+from pipeline.model import ParallelNet, forward_group
 from pipeline.multistability import measure_vaa
 from pipeline.outcomes import Diverged
 from pipeline.tasks import Split, Task
@@ -62,19 +62,18 @@ class Trainer:
         Raises:
             Diverged: a non-finite training or validation loss.
         """
+        result = epoch_group([self], epoch)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def end_epoch(self, epoch: int, losses: list[Tensor]) -> dict[str, Any]:
+        """Check the epoch's batch losses, validate, keep the best weights, measure VAA.
+
+        Raises:
+            Diverged: a non-finite training or validation loss.
+        """
         net, task, tc = self.net, self.task, self.cfg.train
-        n = len(task.train)
-        perm = torch.randperm(n, generator=self.gen).to(task.train.y.device)
-        losses = []
-        for start in range(0, n, tc.batch_size):
-            x, y = task.train.batch(perm[start:start + tc.batch_size])
-            loss = task.loss(net(x.to(self.device), task.out_steps), y.to(self.device))
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tc.clip)
-            self.opt.step()
-            losses.append(loss.detach())
         batch_losses = torch.stack(losses).cpu()  # one sync per epoch
         limit = tc.divergence_threshold
         bad = (~torch.isfinite(batch_losses) | (batch_losses > limit)).nonzero()
@@ -98,6 +97,43 @@ class Trainer:
         """Load the best-validation weights (no-op before the first epoch)."""
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
+
+
+def epoch_group(trainers: Sequence[Trainer], epoch: int) -> list[dict[str, Any] | Exception]:
+    """One epoch of several trainers of one configuration (seed replicas) in lockstep: each draws
+    its own minibatches exactly as alone, the networks' forward passes run grouped
+    (:func:`pipeline.model.forward_group`), one backward of the summed losses gives each network
+    its own gradients, and each clips and steps its own optimiser.
+
+    Returns:
+        Per trainer, the epoch's metrics or the exception that ended it (:class:`Diverged`).
+    """
+    first = trainers[0]
+    task0, tc, device = first.task, first.cfg.train, first.device
+    n = len(task0.train)
+    perms = [torch.randperm(n, generator=t.gen).to(t.task.train.y.device) for t in trainers]
+    losses: list[list[Tensor]] = [[] for _ in trainers]
+    for start in range(0, n, tc.batch_size):
+        batches = [t.task.train.batch(p[start:start + tc.batch_size])
+                   for t, p in zip(trainers, perms, strict=True)]
+        outs = forward_group([t.net for t in trainers], [x.to(device) for x, _ in batches], task0.out_steps)
+        step_losses = [t.task.loss(out, y.to(device))
+                       for t, out, (_, y) in zip(trainers, outs, batches, strict=True)]
+        for t in trainers:
+            t.opt.zero_grad(set_to_none=True)
+        torch.stack(step_losses).sum().backward()
+        for t, loss, acc in zip(trainers, step_losses, losses, strict=True):
+            if tc.clip > 0:
+                torch.nn.utils.clip_grad_norm_(t.net.parameters(), tc.clip)
+            t.opt.step()
+            acc.append(loss.detach())
+    results: list[dict[str, Any] | Exception] = []
+    for t, acc in zip(trainers, losses, strict=True):
+        try:
+            results.append(t.end_epoch(epoch, acc))
+        except Diverged as exc:
+            results.append(exc)
+    return results
 
 
 def train_loop(trainer: Trainer) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,8 +25,8 @@ from pipeline.multistability import draw_lengths, layer_vaa_star, measure_vaa, s
 from pipeline.outcomes import Diverged, StopTrial
 from pipeline.seeding import resolve_device, seed_trial
 from pipeline.tasks import build_task
-from pipeline.train import Trainer, evaluate, train_loop
-from pipeline.warmup import warmup_loop
+from pipeline.train import Trainer, epoch_group, evaluate
+from pipeline.warmup import warmup_loop_group
 
 __all__ = ["RECORD_FIELDS", "StopTrial", "main", "run_trial"]
 
@@ -76,16 +76,20 @@ class _Replica:
         """Run ``fn``; a divergence or failure ends this replica and is recorded."""
         try:
             return fn()
-        except Diverged as exc:
-            self.alive = False
-            self.rec.update(status="diverged", diverged_phase=exc.phase, diverged_step=exc.step,
-                            error=str(exc))
         except StopTrial:
             raise
-        except Exception as exc:  # a runtime failure (e.g. out of memory) is a result
-            self.alive = False
-            self.rec.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # Diverged, or a runtime failure (e.g. out of memory): a result
+            self.end(exc)
         return None
+
+    def end(self, exc: Exception) -> None:
+        """End this replica with a divergence or a runtime failure, recorded."""
+        self.alive = False
+        if isinstance(exc, Diverged):
+            self.rec.update(status="diverged", diverged_phase=exc.phase, diverged_step=exc.step,
+                            error=str(exc))
+        else:
+            self.rec.update(status="error", error=f"{type(exc).__name__}: {exc}")
 
     def emit(self, m: dict[str, Any]) -> dict[str, Any]:
         m["elapsed_s"] = time.perf_counter() - self.t_start
@@ -102,35 +106,11 @@ class _Replica:
                                            self.device)
         self.rec["vaa_star_init"] = _vaa_star_now(self.net, self.star_x, cfg, self.measure_gen)
 
-    def warmup(self) -> Iterator[dict[str, Any]]:
-        t0 = time.perf_counter()
-        try:
-            if self.cfg.warms_up:
-                for m in warmup_loop(self.net, self.task.train, self.cfg.warmup, self.gen,
-                                     self.device):
-                    self.rec["warmup_steps_run"] = m["step"] + 1
-                    yield self.emit(m)
-        finally:
-            self.rec["warmup_s"] = time.perf_counter() - t0
-
     def after_warmup(self) -> None:
         cfg = self.cfg
         self.rec["vaa_warm"] = measure_vaa(self.net, self.task.train, cfg.vaa, self.measure_gen,
                                            self.device)
         self.rec["vaa_star_warm"] = _vaa_star_now(self.net, self.star_x, cfg, self.measure_gen)
-
-    def train(self) -> Iterator[dict[str, Any]]:
-        t0 = time.perf_counter()
-        self.trainer = Trainer(self.net, self.task, self.cfg, self.gen, self.measure_gen,
-                               self.device)
-        try:
-            for m in train_loop(self.trainer):
-                self.rec["epochs_run"] = m["step"]
-                yield self.emit(m)
-        finally:
-            self.rec["train_s"] = time.perf_counter() - t0
-            self.rec["best_valid_loss"] = _finite_or_none(self.trainer.best_loss)
-            self.rec["best_epoch"] = self.trainer.best_epoch or None
 
     def finish(self) -> None:
         self.rec["test_loss"], self.rec["test_accuracy"] = evaluate(
@@ -153,23 +133,78 @@ def _mean_metrics(ms: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _lockstep(replicas: list[_Replica], phase: Callable[[_Replica], Iterator[dict[str, Any]]],
-              report: Report) -> None:
-    """Advance every live replica's ``phase`` one step at a time; report the mean of each step."""
-    iters = {id(r): phase(r) for r in replicas if r.alive}
-    while iters:
-        step_metrics = []
-        for r in replicas:
-            it = iters.get(id(r))
-            if it is None:
-                continue
-            m = r.guarded(lambda it=it: next(it, None))
-            if m is None:
-                del iters[id(r)]
-            else:
-                step_metrics.append(m)
-        if step_metrics:
-            report(_mean_metrics(step_metrics) if len(replicas) > 1 else step_metrics[0])
+def _report_step(replicas: list[_Replica], group: list[_Replica],
+                 entries: Sequence[dict[str, Any] | Exception | None], counter: str,
+                 report: Report) -> None:
+    """Record one lockstep step's entries (metrics, or the exception that ended a replica) and
+    report their mean (one replica: its own metrics)."""
+    ms = []
+    for r, e in zip(group, entries, strict=True):
+        if e is None or not r.alive:
+            continue
+        if isinstance(e, Exception):
+            r.end(e)
+            continue
+        r.rec[counter] = e["step"] + 1 if counter == "warmup_steps_run" else e["step"]
+        ms.append(r.emit(e))
+    if ms:
+        report(_mean_metrics(ms) if len(replicas) > 1 else ms[0])
+
+
+def _warmup_all(replicas: list[_Replica], report: Report) -> None:
+    """Warm up every live replica in lockstep, their scans grouped (pipeline.warmup)."""
+    group = [r for r in replicas if r.alive and r.cfg.warms_up]
+    if not group:
+        return
+    t0 = time.perf_counter()
+    cfg, device = group[0].cfg.warmup, group[0].device
+    steps = warmup_loop_group([r.net for r in group], [r.task.train for r in group], cfg,
+                              [r.gen for r in group], device)
+    try:
+        while True:
+            try:
+                entries = next(steps, None)
+            except Exception as exc:  # a runtime failure of the grouped step ends all of them
+                for r in group:
+                    if r.alive:
+                        r.end(exc)
+                return
+            if entries is None:
+                return
+            _report_step(replicas, group, entries, "warmup_steps_run", report)
+    finally:
+        for r in group:
+            r.rec["warmup_s"] = time.perf_counter() - t0
+
+
+def _train_all(replicas: list[_Replica], report: Report) -> None:
+    """Train every live replica in lockstep, epoch by epoch, their passes grouped (pipeline.train)."""
+    group = [r for r in replicas if r.alive]
+    if not group:
+        return
+    t0 = time.perf_counter()
+    for r in group:
+        r.trainer = Trainer(r.net, r.task, r.cfg, r.gen, r.measure_gen, r.device)
+    try:
+        for epoch in range(1, group[0].cfg.train.epochs + 1):
+            live = [r for r in group if r.alive]
+            if not live:
+                return
+            try:
+                entries = epoch_group([r.trainer for r in live], epoch)  # type: ignore[misc]
+            except Exception as exc:  # a runtime failure of the grouped epoch ends all of them
+                for r in live:
+                    r.end(exc)
+                return
+            _report_step(replicas, live, entries, "epochs_run", report)
+        for r in group:
+            if r.alive:
+                r.trainer.restore_best()  # type: ignore[union-attr]
+    finally:
+        for r in group:
+            r.rec["train_s"] = time.perf_counter() - t0
+            r.rec["best_valid_loss"] = _finite_or_none(r.trainer.best_loss)  # type: ignore[union-attr]
+            r.rec["best_epoch"] = r.trainer.best_epoch or None  # type: ignore[union-attr]
 
 
 _STATUS_RANK = {"error": 3, "diverged": 2, "pruned": 1, "completed": 0}
@@ -243,10 +278,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report | None = N
     try:
         each("setup")
         summary("setup", ("n_params", "vaa_init", "vaa_star_init"))
-        _lockstep(replicas, _Replica.warmup, report)
+        _warmup_all(replicas, report)
         each("after_warmup")
         summary("warmed", ("vaa_warm", "vaa_star_warm", "warmup_s"))
-        _lockstep(replicas, _Replica.train, report)
+        _train_all(replicas, report)
         each("finish")
     except StopTrial:
         for r in replicas:

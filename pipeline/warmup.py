@@ -10,14 +10,14 @@ synchronisation per step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from pipeline.config import WarmupConfig
 from pipeline.model import ParallelNet
-from pipeline.multistability import draw_lengths, layer_vaa_star, sample_states
+from pipeline.multistability import draw_lengths, layer_vaa_star_group, sample_states_group
 from pipeline.outcomes import Diverged
 from pipeline.tasks import Split
 
@@ -35,18 +35,44 @@ def warmup_step(net: ParallelNet, opt: torch.optim.Optimizer, data: Split, step:
                 cfg: WarmupConfig, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One warm-up step. Returns the loss and the per-layer VAA* (device tensors, detached)."""
-    S = stabilisation_length(step, cfg, gen)
-    idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-    x, _ = data.batch(idx.to(data.y.device))  # (T, B, I)
-    x = x.to(device)
-    lengths = draw_lengths(cfg.batch_size, x.size(0), gen)
-    states = sample_states(net, x, lengths, detach=cfg.detach_prefix)
-    v = layer_vaa_star(net, states, S, gen, cfg.eps)  # (L,)
-    loss = (v - cfg.target).square().mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach(), v.detach()
+    return warmup_step_group([net], [opt], [data], step, cfg, [gen], device)[0]
+
+
+def warmup_step_group(nets: Sequence[ParallelNet], opts: Sequence[torch.optim.Optimizer],
+                      datas: Sequence[Split], step: int, cfg: WarmupConfig,
+                      gens: Sequence[torch.Generator], device: torch.device
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One warm-up step of several networks of one configuration (seed replicas), each with its own
+    optimiser, data and generator, drawn from exactly as alone; the recurrent scans of all
+    networks run grouped. Each network's loss depends on its own parameters only, so one backward
+    of the summed losses gives every network its own gradients.
+
+    Returns:
+        Per network, the loss and the per-layer VAA* (device tensors, detached).
+    """
+    Ss, xs, lengths = [], [], []
+    for data, gen in zip(datas, gens, strict=True):
+        Ss.append(stabilisation_length(step, cfg, gen))
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+        x, _ = data.batch(idx.to(data.y.device))  # (T, B, I)
+        xs.append(x.to(device))
+        lengths.append(draw_lengths(cfg.batch_size, x.size(0), gen))
+    states = sample_states_group(nets, xs, lengths, detach=cfg.detach_prefix)
+    vs = layer_vaa_star_group(nets, states, Ss, gens, cfg.eps)  # (L,) each
+    losses = [(v - cfg.target).square().mean() for v in vs]
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    torch.stack(losses).sum().backward()
+    for opt in opts:
+        opt.step()
+    return [(loss.detach(), v.detach()) for loss, v in zip(losses, vs, strict=True)]
+
+
+def _metrics(step: int, loss: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
+    m: dict[str, Any] = {"phase": "warmup", "step": step, "loss": float(loss),
+                         "train_loss": float(loss), "vaa_star": float(v.mean())}
+    m.update({f"vaa_star_l{i}": float(x) for i, x in enumerate(v)})
+    return m
 
 
 def warmup_loop(net: ParallelNet, data: Split, cfg: WarmupConfig, gen: torch.Generator,
@@ -60,20 +86,46 @@ def warmup_loop(net: ParallelNet, data: Split, cfg: WarmupConfig, gen: torch.Gen
     Raises:
         Diverged: a non-finite loss, with the step where it first happened.
     """
-    params = net.warm_parameters() if cfg.update == "warm" else list(net.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    for (entry,) in warmup_loop_group([net], [data], cfg, [gen], device):
+        if isinstance(entry, Diverged):
+            raise entry
+        yield entry
+
+
+def warmup_loop_group(nets: Sequence[ParallelNet], datas: Sequence[Split], cfg: WarmupConfig,
+                      gens: Sequence[torch.Generator], device: torch.device
+                      ) -> Iterator[list[dict[str, Any] | Diverged | None]]:
+    """:func:`warmup_loop` for several networks of one configuration, in lockstep and grouped.
+
+    Yields one list per step with one entry per network: its metrics, a :class:`Diverged` (its
+    loss was non-finite at this step: it has ended and runs no further steps), or None (it ended
+    before). Losses are read from the device every ``CHECK_EVERY`` steps, so an ended network
+    may have run up to ``CHECK_EVERY - 1`` further steps, as alone.
+    """
+    opts = [torch.optim.Adam(net.warm_parameters() if cfg.update == "warm" else list(net.parameters()),
+                             lr=cfg.lr) for net in nets]
+    live = list(range(len(nets)))
+    pending: list[tuple[int, list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
     for k in range(cfg.steps):
-        loss, v = warmup_step(net, opt, data, k, cfg, gen, device)
-        pending.append((k, loss, v))
-        if len(pending) == CHECK_EVERY or k == cfg.steps - 1:
-            losses = torch.stack([p[1] for p in pending]).cpu()
-            vs = torch.stack([p[2] for p in pending]).cpu()
-            for (step, _, _), loss_k, v_k in zip(pending, losses, vs, strict=True):
-                if not bool(torch.isfinite(loss_k)):
-                    raise Diverged("warmup", step)
-                m: dict[str, Any] = {"phase": "warmup", "step": step, "loss": float(loss_k),
-                                     "train_loss": float(loss_k), "vaa_star": float(v_k.mean())}
-                m.update({f"vaa_star_l{i}": float(x) for i, x in enumerate(v_k)})
-                yield m
-            pending.clear()
+        if not live:
+            return
+        out = warmup_step_group([nets[i] for i in live], [opts[i] for i in live],
+                                [datas[i] for i in live], k, cfg, [gens[i] for i in live], device)
+        pending.append((k, list(live), out))
+        if len(pending) < CHECK_EVERY and k < cfg.steps - 1:
+            continue
+        losses = torch.stack([loss for *_, out_k in pending for loss, _ in out_k]).cpu()
+        vs = torch.stack([v for *_, out_k in pending for _, v in out_k]).cpu()
+        pos = 0
+        for step, members, _ in pending:
+            entries: list[dict[str, Any] | Diverged | None] = [None] * len(nets)
+            for i in members:
+                if i in live:
+                    if bool(torch.isfinite(losses[pos])):
+                        entries[i] = _metrics(step, losses[pos], vs[pos])
+                    else:
+                        entries[i] = Diverged("warmup", step)
+                        live.remove(i)
+                pos += 1
+            yield entries
+        pending.clear()
