@@ -289,7 +289,8 @@ def _brc_forward(
     T, B, H = xh.shape
     k = _tanh_scale(xh)
     X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=1)  # (T, 3, B, H) [xc, 2 xa, k xh]
-    w2 = torch.stack([wc, wa * 2.0]).unsqueeze(1)  # (2, 1, H)
+    w2 = torch.stack([wc, wa * 2.0])  # (2, H) or, per row, (2, B, H)
+    w2 = w2.unsqueeze(1) if wc.dim() == 1 else w2
     # gates are written over the gathered inputs when they are ours: no extra buffer
     S = X if owned else xh.new_empty((T if keep else 1, 3, B, H))
     minus_one = xh.new_full((), -1.0)
@@ -345,8 +346,9 @@ class _BRCScan(torch.autograd.Function):
         dzc, dza, dzh = k2.mul_(g), k3.mul_(g), k1.mul_(g)
         need = ctx.needs_input_grad
         # g is spent: it holds the products summed for the vector weights' gradients
-        gwc = _mul_prev(dzc, h0, hs, out=g).sum((0, 1)) if need[3] else None
-        gwa = _mul_prev(dza, h0, hs, out=g).sum((0, 1)) if need[4] else None
+        dims = (0, 1) if wc.dim() == 1 else 0  # per-row weights: one gradient per row
+        gwc = _mul_prev(dzc, h0, hs, out=g).sum(dims) if need[3] else None
+        gwa = _mul_prev(dza, h0, hs, out=g).sum(dims) if need[4] else None
         return dzc, dza, dzh, gwc, gwa, G[0]
 
 
@@ -361,8 +363,9 @@ def brc_scan(
         xc: input projection of the update gate, (T, B, H), bias added; may be expanded.
         xa: input projection of the bistability gate, (T, B, H), bias added; may be expanded.
         xh: input projection of the candidate, (T, B, H), bias added; may be expanded.
-        wc: recurrent weight of the update gate, (H,).
-        wa: recurrent weight of the bistability gate, (H,).
+        wc: recurrent weight of the update gate, (H,), or one per batch row, (B, H) (several
+            cells side by side in one batch, see ``cells.BRC.group_states``).
+        wa: recurrent weight of the bistability gate, same shape as wc.
         h0: initial state, (B, H).
         final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
             buffer of states (e.g. for long no-grad runs to measure attractors).
@@ -372,8 +375,9 @@ def brc_scan(
     """
     _check("brc_scan", {"xc": xc, "xa": xa, "xh": xh}, h0)
     H = h0.size(1)
-    _check_weight("brc_scan", "wc", wc, (H,), h0)
-    _check_weight("brc_scan", "wa", wa, (H,), h0)
+    shape = (H,) if wc.dim() == 1 else tuple(h0.shape)
+    _check_weight("brc_scan", "wc", wc, shape, h0)
+    _check_weight("brc_scan", "wa", wa, shape, h0)
     if _needs_graph(xc, xa, xh, wc, wa, h0):
         hs = _BRCScan.apply(xc, xa, xh, wc, wa, h0)
         return hs[-1] if final_only else hs

@@ -97,19 +97,18 @@ def test_warmup_step_group_equals_each_alone(cell: str) -> None:
             torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "chrono"])
-def test_grouped_lstm_scan_path(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CPU the LSTM runs one cell at a time (oneDNN is faster); its grouped path (used on GPUs)
-    is forced here and must give the same states, outputs and gradients."""
-    from pipeline.cells import LSTM
-
+@pytest.mark.parametrize("cell", ["lstm", "chrono", "brc"])
+def test_grouped_paths_used_on_gpus(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the LSTM and BRC run one cell at a time (measured faster there); their grouped paths
+    (used on GPUs) are forced here and must give the same states, outputs and gradients."""
     group = nets(cell, 7)
+    cls = type(group[0].layers[0].warm)
     gen = torch.Generator().manual_seed(3)
     xs = [torch.randn(15, 4, 2, generator=gen) for _ in group]
     lengths = [torch.randint(1, 16, (4,), generator=gen) for _ in group]
     alone_states = [sample_states(n, x, ln) for n, x, ln in zip(group, xs, lengths, strict=True)]
     alone_out = [n(x, 2) for n, x in zip(group, xs, strict=True)]
-    monkeypatch.setattr(LSTM, "groups_well", classmethod(lambda cls, device: True))
+    monkeypatch.setattr(cls, "groups_well", classmethod(lambda cls, device: True))
     states = sample_states_group(group, xs, lengths)
     outs = forward_group(group, xs, 2)
     for got, want in zip(states, alone_states, strict=True):
@@ -117,12 +116,22 @@ def test_grouped_lstm_scan_path(cell: str, monkeypatch: pytest.MonkeyPatch) -> N
             for a, b in zip(s_g, s_a, strict=True):
                 torch.testing.assert_close(a, b, **TOL)
     params = [p for n in group for p in n.parameters()]
-    g1 = torch.autograd.grad(sum(o.sum() for o in outs) + sum(s[1].sum() for st in states for s in st),
+    g1 = torch.autograd.grad(sum(o.sum() for o in outs) + sum(s[-1].sum() for st in states for s in st),
                              params)
     g2 = torch.autograd.grad(sum(o.sum() for o in alone_out)
-                             + sum(s[1].sum() for st in alone_states for s in st), params)
+                             + sum(s[-1].sum() for st in alone_states for s in st), params)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+    import pipeline.multistability as ms
+
+    monkeypatch.setattr(ms, "_one_longest_run", lambda device: True)
+    steps = [5, 30, 12]
+    v_group = layer_vaa_star_group(group, states, steps, [torch.Generator().manual_seed(r) for r in range(3)],
+                                   1e-4)
+    monkeypatch.setattr(cls, "groups_well", classmethod(lambda cls, device: False))
+    for r, net in enumerate(group):
+        v_alone = layer_vaa_star(net, alone_states[r], steps[r], torch.Generator().manual_seed(r), 1e-4)
+        torch.testing.assert_close(v_group[r], v_alone, **TOL)
 
 
 def test_a_nan_network_does_not_leak_into_the_others() -> None:
