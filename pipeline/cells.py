@@ -198,6 +198,22 @@ class MGU(Cell):
         xf, xn = _project(x, self.weight_x, self.bias).chunk(2, dim=-1)  # (T, B, H) each
         return (fused.mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
 
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        return device.type != "cpu"
+
+    @classmethod
+    def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
+                     ) -> list[State]:
+        # the cells sit side by side in one batch of G x B rows, each block of B rows with its
+        # own cell's recurrent matrices (one batched matmul a step)
+        G, (T, B, _) = len(cells), xs[0].shape
+        X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
+        parts = X.reshape(T, G * B, -1).chunk(2, dim=-1)
+        weights = [torch.stack([getattr(c, name) for c in cells]) for name in ('weight_f', 'weight_n')]
+        hs = fused.mgu_scan(*parts, *weights, torch.cat([s[0] for s in states]))
+        return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
+
 
 class BRC(Cell):
     """Bistable recurrent cell: c = sig(Uc x + wc*h + bc); a = 1 + tanh(Ua x + wa*h + ba);
@@ -259,6 +275,22 @@ class NBRC(Cell):
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
         return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
+
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        return device.type != "cpu"
+
+    @classmethod
+    def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
+                     ) -> list[State]:
+        # the cells sit side by side in one batch of G x B rows, each block of B rows with its
+        # own cell's recurrent matrices (one batched matmul a step)
+        G, (T, B, _) = len(cells), xs[0].shape
+        X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
+        parts = X.reshape(T, G * B, -1).chunk(3, dim=-1)
+        weights = [torch.stack([getattr(c, name) for c in cells]) for name in ('weight_c', 'weight_a')]
+        hs = fused.nbrc_scan(*parts, *weights, torch.cat([s[0] for s in states]))
+        return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
 
 
 def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

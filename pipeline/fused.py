@@ -177,8 +177,45 @@ def _mul_prev(x: Tensor, h0: Tensor, hs: Tensor, out: Tensor) -> Tensor:
     return out
 
 
-def _gram_prev(x: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
+def _addmm(out: Tensor, x: Tensor, h: Tensor, w: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    """out = beta x + alpha h @ w for (B, K) x; w (H, K), or (G, H, K) for G groups of B/G
+    consecutive rows, each with its own weight."""
+    if w.dim() == 2:
+        return torch.addmm(x, h, w, beta=beta, alpha=alpha, out=out)
+    G = w.size(0)
+    torch.baddbmm(x.unflatten(0, (G, -1)), h.unflatten(0, (G, -1)), w, beta=beta, alpha=alpha,
+                  out=out.unflatten(0, (G, -1)))
+    return out
+
+
+def _addmm_(g: Tensor, d: Tensor, w: Tensor) -> Tensor:
+    """g += d @ w in place, for w (K, H) or grouped (G, K, H)."""
+    if w.dim() == 2:
+        return g.addmm_(d, w)
+    g.unflatten(0, (w.size(0), -1)).baddbmm_(d.unflatten(0, (w.size(0), -1)), w)
+    return g
+
+
+def _t(w: Tensor) -> Tensor:
+    """Transpose of a weight or of each of a group of weights."""
+    return w.transpose(-1, -2)
+
+
+def _gram(x: Tensor, y: Tensor, groups: int) -> Tensor:
+    """x^T @ y summed over time and batch: (T, B, K), (T, B, H) -> (K, H), or (G, K, H) per group
+    of B/G consecutive rows when ``groups`` > 0."""
+    K, H = x.size(-1), y.size(-1)
+    if not groups:
+        return x.reshape(-1, K).T @ y.reshape(-1, H)
+    xg = x.unflatten(1, (groups, -1)).transpose(0, 1).reshape(groups, -1, K)
+    yg = y.unflatten(1, (groups, -1)).transpose(0, 1).reshape(groups, -1, H)
+    return torch.bmm(xg.transpose(1, 2), yg)
+
+
+def _gram_prev(x: Tensor, h0: Tensor, hs: Tensor, groups: int = 0) -> Tensor:
     """x^T @ [h0, hs[:-1]] summed over time and batch: (T, B, K) x -> (K, H)."""
+    if groups:
+        return _gram(x[:1], h0.unsqueeze(0), groups) + _gram(x[1:], hs[:-1], groups)
     K, H = x.size(-1), hs.size(-1)
     return torch.addmm(x[0].T @ h0, x[1:].reshape(-1, K).T, hs[:-1].reshape(-1, H))
 
@@ -189,6 +226,11 @@ def _grad_buffer(go: Tensor) -> Tensor:
     G[0].zero_()
     G[1:].copy_(go)
     return G
+
+
+def _groups(w: Tensor) -> int:
+    """Number of weight groups of a grouped (G, ., .) matrix weight; 0 for a plain (., .) one."""
+    return w.size(0) if w.dim() == 3 else 0
 
 
 def _one_minus_square_(x: Tensor) -> Tensor:
@@ -255,6 +297,16 @@ def _check(name: str, xs: dict[str, Tensor], h0: Tensor) -> None:
     lengths = {k: x.size(0) for k, x in xs.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{name}: inputs disagree on sequence length: {lengths}.")
+
+
+def _matrix_shape(name: str, w: Tensor, h0: Tensor) -> tuple[int, ...]:
+    """Expected shape of a recurrent matrix: (H, H), or (G, H, H) for G groups of B/G rows."""
+    B, H = h0.shape
+    if w.dim() != 3:
+        return (H, H)
+    if B % w.size(0):
+        raise ValueError(f"{name}: {w.size(0)} weight groups do not divide the batch of {B} rows.")
+    return (w.size(0), H, H)
 
 
 def _check_weight(name: str, k: str, w: Tensor, shape: tuple[int, ...], h0: Tensor) -> None:
@@ -405,7 +457,7 @@ def _nbrc_forward(
     T, B, H = xh.shape
     k = _tanh_scale(xh)
     X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=2)  # (T, B, 3, H) [xc, 2 xa, k xh]
-    W2t = torch.cat([Wc, Wa * 2.0]).T  # (H, 2H)
+    W2t = _t(torch.cat([Wc, Wa * 2.0], dim=-2))  # (H, 2H), or (G, H, 2H)
     S = X if owned else xh.new_empty((T if keep else 1, B, 3, H))
     minus_one = xh.new_full((), -1.0)
     hs = xh.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
@@ -415,7 +467,7 @@ def _nbrc_forward(
     x2_v, xk_v = (s2_v, n_v) if owned else (_steps(X2, T), _steps(X[:, :, 2], T))  # in place
     with _one_thread(hs, B * H * 2 * H):
         for x2, xk, s2, c, a, n, h_t in zip(x2_v, xk_v, s2_v, c_v, a_v, n_v, _steps(hs, T), strict=True):
-            torch.addmm(x2, h, W2t, out=s2)  # (B, 2H) pre-activations [zc, 2 za]
+            _addmm(s2, x2, h, W2t)  # (B, 2H) pre-activations [zc, 2 za]
             s2.sigmoid_()
             torch.addcmul(xk, a, h, value=2.0 * k, out=n)
             _tanh_scaled_(n, k, minus_one)
@@ -453,19 +505,19 @@ class _NBRCScan(torch.autograd.Function):
         k4 = hp.copy_(c)  # hp is spent
         c.copy_(X)  # S[:, :, :2] = K = [k2, k3]: (T, B, 2, H)
         K = S[:, :, :2]
-        W2 = torch.cat([Wc, Wa])  # (2H, H)
+        W2 = torch.cat([Wc, Wa], dim=-2)  # (2H, H), or (G, 2H, H)
         G = _grad_buffer(go)  # (T+1, B, H)
         g_v, gu_v = G.unbind(0), G.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
         k_v, dz_v, k4_v = K.unbind(0), K.flatten(2).unbind(0), k4.unbind(0)
         with _one_thread(hs, B * 2 * H * H):
             for t in range(T - 1, -1, -1):
                 k_v[t].mul_(gu_v[t + 1])  # K_t -> [dzc, dza]_t, (B, 2, H)
-                g_v[t].addcmul_(k4_v[t], g_v[t + 1]).addmm_(dz_v[t], W2)
+                _addmm_(g_v[t].addcmul_(k4_v[t], g_v[t + 1]), dz_v[t], W2)
         need = ctx.needs_input_grad
         gWc = gWa = None
         if need[3] or need[4]:
-            gW = _gram_prev(K.flatten(2), h0, hs)  # (2H, H)
-            gWc, gWa = gW[:H], gW[H:]
+            gW = _gram_prev(K.flatten(2), h0, hs, _groups(Wc))  # (2H, H), or (G, 2H, H)
+            gWc, gWa = gW[..., :H, :], gW[..., H:, :]
         return S[:, :, 0], S[:, :, 1], k1.mul_(G[1:]), gWc, gWa, G[0]
 
 
@@ -480,7 +532,8 @@ def nbrc_scan(
         xc: input projection of the update gate, (T, B, H), bias added; may be expanded.
         xa: input projection of the bistability gate, (T, B, H), bias added; may be expanded.
         xh: input projection of the candidate, (T, B, H), bias added; may be expanded.
-        Wc: recurrent weight of the update gate, (H, H).
+        Wc: recurrent weight of the update gate, (H, H); or (G, H, H): G cells side by side
+            in the batch, each owning B/G consecutive rows (see ``cells.NBRC.group_states``).
         Wa: recurrent weight of the bistability gate, (H, H).
         h0: initial state, (B, H).
         final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
@@ -490,9 +543,9 @@ def nbrc_scan(
         Every step's state, (T, B, H), or the last one, (B, H). Gradients flow to all six inputs.
     """
     _check("nbrc_scan", {"xc": xc, "xa": xa, "xh": xh}, h0)
-    H = h0.size(1)
-    _check_weight("nbrc_scan", "Wc", Wc, (H, H), h0)
-    _check_weight("nbrc_scan", "Wa", Wa, (H, H), h0)
+    shape = _matrix_shape("nbrc_scan", Wc, h0)
+    _check_weight("nbrc_scan", "Wc", Wc, shape, h0)
+    _check_weight("nbrc_scan", "Wa", Wa, shape, h0)
     if _needs_graph(xc, xa, xh, Wc, Wa, h0):
         hs = _NBRCScan.apply(xc, xa, xh, Wc, Wa, h0)
         return hs[-1] if final_only else hs
@@ -512,17 +565,17 @@ def _mgu_forward(
     """Forward without a graph; returns hs, forget gates F, gated states R = F*h, candidates N."""
     T, B, H = xf.shape
     k = _tanh_scale(xf)
-    UfT, UnT = Uf.T, Un.T
+    UfT, UnT = _t(Uf), _t(Un)
     F, R, N = (xf.new_empty((T if keep else 1, B, H)) for _ in range(3))  # f, f*h, tanh(zn)
     minus_one = xf.new_full((), -1.0)
     hs = xf.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
     with _one_thread(hs, B * H * H):
         for xf_t, xn_t, f, r, n, h_t in zip(*(_steps(v, T) for v in (xf, xn, F, R, N, hs)), strict=True):
-            torch.addmm(xf_t, h, UfT, out=f)
+            _addmm(f, xf_t, h, UfT)
             f.sigmoid_()
             torch.mul(f, h, out=r)
-            torch.addmm(xn_t, r, UnT, beta=k, alpha=k, out=n)  # k zn
+            _addmm(n, xn_t, r, UnT, beta=k, alpha=k)  # k zn
             _tanh_scaled_(n, k, minus_one)
             torch.lerp(h, n, f, out=h_t)  # (1-f)*h + f*n
             h = h_t
@@ -561,15 +614,15 @@ class _MGUScan(torch.autograd.Function):
             for t in range(T - 1, -1, -1):
                 g = g_v[t + 1]
                 dzn = kn_v[t].mul_(g)
-                torch.addmm(g, dzn, Un, beta=-1.0, out=e)  # dr - g
+                _addmm(e, g, dzn, Un, beta=-1.0)  # dr - g
                 dzf = ka_v[t].mul_(g).addcmul_(e, kb_v[t])
-                g_v[t].add_(g).addcmul_(e, f_v[t]).addmm_(dzf, Uf)
+                _addmm_(g_v[t].add_(g).addcmul_(e, f_v[t]), dzf, Uf)
         need = ctx.needs_input_grad
-        gUf = _gram_prev(X, h0, hs) if need[2] else None
+        gUf = _gram_prev(X, h0, hs, _groups(Uf)) if need[2] else None
         gUn = None
         if need[3]:
             R = _mul_prev(F, h0, hs, out=R)  # f hp again (kb is spent)
-            gUn = N.view(T * B, H).T @ R.view(T * B, H)
+            gUn = _gram(N, R, _groups(Un))
         return X, N, gUf, gUn, G[0]
 
 
@@ -583,7 +636,8 @@ def mgu_scan(
     Args:
         xf: input projection of the forget gate, (T, B, H), bias added; may be expanded.
         xn: input projection of the candidate, (T, B, H), bias added; may be expanded.
-        Uf: recurrent weight of the forget gate, (H, H).
+        Uf: recurrent weight of the forget gate, (H, H); or (G, H, H): G cells side by side
+            in the batch, each owning B/G consecutive rows (see ``cells.MGU.group_states``).
         Un: recurrent weight of the candidate, (H, H).
         h0: initial state, (B, H).
         final_only: return only the last state, (B, H); without a graph, this keeps no (T, B, H)
@@ -593,9 +647,9 @@ def mgu_scan(
         Every step's state, (T, B, H), or the last one, (B, H). Gradients flow to all five inputs.
     """
     _check("mgu_scan", {"xf": xf, "xn": xn}, h0)
-    H = h0.size(1)
-    _check_weight("mgu_scan", "Uf", Uf, (H, H), h0)
-    _check_weight("mgu_scan", "Un", Un, (H, H), h0)
+    shape = _matrix_shape("mgu_scan", Uf, h0)
+    _check_weight("mgu_scan", "Uf", Uf, shape, h0)
+    _check_weight("mgu_scan", "Un", Un, shape, h0)
     if _needs_graph(xf, xn, Uf, Un, h0):
         hs = _MGUScan.apply(xf, xn, Uf, Un, h0)
         return hs[-1] if final_only else hs
