@@ -42,10 +42,16 @@ class Cell(nn.Module):
         seqs = self.forward_states(x, state)
         return seqs[0], tuple(s[-1] for s in seqs)
 
+    group_on_cpu: bool = False
+    """Whether grouping pays on a CPU too; on GPUs, where a step is launch-bound, it always does.
+    Measured on 2 cores (BENCHMARKS.md): yes for the GRU; no for the LSTM (oneDNN one cell at a
+    time beats a grouped per-step loop) nor the BRC family (a G-times-taller batch is no faster)."""
+
     @classmethod
     def groups_well(cls, device: torch.device) -> bool:
         """Whether several cells of this class run faster as one grouped scan on ``device``."""
-        return False
+        has_scan = cls.group_states.__func__ is not Cell.group_states.__func__  # type: ignore[attr-defined]
+        return has_scan and (cls.group_on_cpu or device.type != "cpu")
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -64,6 +70,8 @@ def _block_init(weight: Tensor, blocks: int, init) -> None:
 class GRU(Cell):
     """Standard GRU (cuDNN/oneDNN): xavier input weights and orthogonal recurrent weights per gate
     block, zero biases (the reference initialisation, not torch's)."""
+
+    group_on_cpu = True
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -95,10 +103,6 @@ class GRU(Cell):
         h0 = None if state is None else state[0].unsqueeze(0).contiguous()
         y, h = self.rnn(x, h0)
         return y, (h[0],)
-
-    @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        return True
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -141,11 +145,6 @@ class LSTM(Cell):
         i, f, g, _ = gates.chunk(4, dim=-1)
         cs = fused_gated.linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
         return (y, cs)
-
-    @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        # on CPU, oneDNN's LSTM one cell at a time beats a grouped per-step loop (BENCHMARKS.md)
-        return device.type != "cpu"
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -199,20 +198,9 @@ class MGU(Cell):
         return (fused.mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
 
     @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        return device.type != "cpu"
-
-    @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
                      ) -> list[State]:
-        # the cells sit side by side in one batch of G x B rows, each block of B rows with its
-        # own cell's recurrent matrices (one batched matmul a step)
-        G, (T, B, _) = len(cells), xs[0].shape
-        X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
-        parts = X.reshape(T, G * B, -1).chunk(2, dim=-1)
-        weights = [torch.stack([getattr(c, name) for c in cells]) for name in ('weight_f', 'weight_n')]
-        hs = fused.mgu_scan(*parts, *weights, torch.cat([s[0] for s in states]))
-        return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
+        return _side_by_side(cells, xs, states, fused.mgu_scan, 2, ("weight_f", "weight_n"))
 
 
 class BRC(Cell):
@@ -234,26 +222,9 @@ class BRC(Cell):
         return (fused.brc_scan(xc, xa, xh, self.w_c, self.w_a, h0),)
 
     @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        # on CPU the fused scan is already cheap per row: a G-times-taller batch measured slower
-        return device.type != "cpu"
-
-    @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
                      ) -> list[State]:
-        # the recurrence is element-wise: the cells sit side by side in one batch of G x B rows,
-        # each row with its own cell's recurrent weights
-        G, (T, B, _) = len(cells), xs[0].shape
-        X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
-        xc, xa, xh = X.reshape(T, G * B, -1).chunk(3, dim=-1)
-
-        def rows(name: str) -> Tensor:
-            w = torch.stack([getattr(c, name) for c in cells])  # (G, H)
-            return w.unsqueeze(1).expand(G, B, -1).reshape(G * B, -1)
-
-        h0 = torch.cat([s[0] for s in states])
-        hs = fused.brc_scan(xc, xa, xh, rows("w_c"), rows("w_a"), h0)  # (T, G B, H)
-        return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
+        return _side_by_side(cells, xs, states, fused.brc_scan, 3, ("w_c", "w_a"), per_row=True)
 
 
 class NBRC(Cell):
@@ -277,20 +248,9 @@ class NBRC(Cell):
         return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
 
     @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        return device.type != "cpu"
-
-    @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
                      ) -> list[State]:
-        # the cells sit side by side in one batch of G x B rows, each block of B rows with its
-        # own cell's recurrent matrices (one batched matmul a step)
-        G, (T, B, _) = len(cells), xs[0].shape
-        X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
-        parts = X.reshape(T, G * B, -1).chunk(3, dim=-1)
-        weights = [torch.stack([getattr(c, name) for c in cells]) for name in ('weight_c', 'weight_a')]
-        hs = fused.nbrc_scan(*parts, *weights, torch.cat([s[0] for s in states]))
-        return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
+        return _side_by_side(cells, xs, states, fused.nbrc_scan, 3, ("weight_c", "weight_a"))
 
 
 def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -313,6 +273,28 @@ def _stack_projections(items: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor
     if projs[0].size(0) > 1 and all(p.stride(0) == 0 for p in projs):
         return torch.stack([p[:1] for p in projs], dim=1).expand(projs[0].size(0), -1, -1, -1)
     return torch.stack(projs, dim=1)
+
+
+def _side_by_side(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State], scan,
+                  n_inputs: int, weights: tuple[str, ...], *, per_row: bool = False) -> list[State]:
+    """Grouped states of BRC-family cells, side by side in one batch of G x B rows.
+
+    Each block of B rows uses its own cell's recurrent weights: stacked ``(G, ...)`` matrices (one
+    batched matmul a step), or with ``per_row`` vector weights repeated for every row of the block.
+
+    Args:
+        scan: the fused scan, ``scan(*inputs, *weights, h0)``.
+        n_inputs: number of input projections (gate blocks of the cells' ``weight_x``).
+        weights: names of the recurrent weights, in the scan's order.
+    """
+    G, (T, B, _) = len(cells), xs[0].shape
+    X = _stack_projections([(x, c.weight_x, c.bias) for x, c in zip(xs, cells, strict=True)])
+    parts = X.reshape(T, G * B, -1).chunk(n_inputs, dim=-1)
+    ws = [torch.stack([getattr(c, name) for c in cells]) for name in weights]
+    if per_row:
+        ws = [w.unsqueeze(1).expand(G, B, -1).reshape(G * B, -1) for w in ws]
+    hs = scan(*parts, *ws, torch.cat([s[0] for s in states]))  # (T, G B, H)
+    return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
 
 
 def run_group(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State | None] | None = None,

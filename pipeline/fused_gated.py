@@ -26,7 +26,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from pipeline.fused import _one_thread, _own, _steps, _tanh_scale, _tanh_scaled_
+from pipeline.fused import (
+    _grad_buffer,
+    _gram,
+    _one_minus_square_,
+    _one_thread,
+    _own,
+    _prev_states,
+    _steps,
+    _tanh_scale,
+    _tanh_scaled_,
+    _times_one_minus_,
+)
 
 __all__ = ["gru_scan", "gru_scan_reference", "lstm_gate_order", "lstm_scan", "lstm_scan_reference"]
 
@@ -110,24 +121,14 @@ def _check(name: str, x: Tensor, w: Tensor, states: tuple[Tensor, ...], k: int) 
             raise ValueError(f"{name}: states disagree in shape: {tuple(t.shape)} vs {tuple(s.shape)}.")
 
 
-def _prev(s0: Tensor, ss: Tensor) -> Tensor:
-    """States entering each step: [s0, ss[0], ..., ss[T-2]], (T, G, B, H)."""
-    return torch.cat([s0.unsqueeze(0), ss[:-1]])
+def _grads_in(go: Tensor | None, like: Tensor) -> Tensor:
+    """:func:`pipeline.fused._grad_buffer` of the incoming gradients, or zeros when there are none."""
+    return _grad_buffer(go) if go is not None else like.new_zeros((like.size(0) + 1, *like.shape[1:]))
 
 
 def _weight_grad(hp: Tensor, d: Tensor) -> Tensor:
-    """sum over steps and batch of hp^T d: (T, G, B, H), (T, G, B, K) -> (G, H, K)."""
-    G, H, K = hp.size(1), hp.size(-1), d.size(-1)
-    hp_g = hp.transpose(0, 1).reshape(G, -1, H)  # (G, T B, H)
-    return torch.bmm(hp_g.transpose(1, 2), d.transpose(0, 1).reshape(G, -1, K))
-
-
-def _grad_buffer(go: Tensor | None, like: Tensor) -> Tensor:
-    """(T+1, G, B, H): index 0 (the initial state's gradient) zero, 1.. the incoming gradients."""
-    buf = like.new_zeros((like.size(0) + 1, *like.shape[1:]))
-    if go is not None:
-        buf[1:].copy_(go)
-    return buf
+    """hp^T d summed over steps and batch, per group: (T, G, B, H), (T, G, B, K) -> (G, H, K)."""
+    return _gram(hp.flatten(1, 2), d.flatten(1, 2), hp.size(1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,13 +187,13 @@ class _GRUScan(torch.autograd.Function):
         (A,) = _own(A)
         T, G, B, H = hs.shape
         r, z = RZ[..., :H], RZ[..., H:]
-        hp = _prev(h0, hs)
-        kn = N.mul(N).neg_().add_(1.0).mul_(1.0 - z)  # (1 - z)(1 - n^2)
+        hp = _prev_states(h0, hs)
+        kn = _times_one_minus_(_one_minus_square_(N.clone()), z)  # (1 - z)(1 - n^2)
         K = A  # (T, G, B, 3H), overwritten block by block: [k_r, k_z, kn r]
-        K[..., :H].copy_(A[..., 2 * H:]).mul_(kn).mul_(r).mul_(1.0 - r)
-        torch.sub(hp, N, out=K[..., H:2 * H]).mul_(z).mul_(1.0 - z)
+        _times_one_minus_(K[..., :H].copy_(A[..., 2 * H:]).mul_(kn).mul_(r), r)
+        _times_one_minus_(torch.sub(hp, N, out=K[..., H:2 * H]).mul_(z), z)
         torch.mul(kn, r, out=K[..., 2 * H:])
-        GH = _grad_buffer(go, hs)
+        GH = _grads_in(go, hs)
         g_v, z_v = GH.unbind(0), z.unbind(0)
         k_v = K.view(T, G, B, 3, H).unbind(0)
         d_v = K.unbind(0)
@@ -284,13 +285,13 @@ class _LSTMScan(torch.autograd.Function):
         o, i, f, g = P[..., :H], P[..., H:2 * H], P[..., 2 * H:3 * H], P[..., 3 * H:]
         F = f.clone()
         i_copy = i.clone()
-        kc = TC.mul(TC).neg_().add_(1.0).mul_(o)  # o (1 - tanh(c)^2)
-        o.mul_(1.0 - o).mul_(TC)  # k_o
-        i.mul_(1.0 - i).mul_(g)  # k_i
-        f.mul_(1.0 - f).mul_(_prev(c0, cs))  # k_f
-        g.mul_(g).neg_().add_(1.0).mul_(i_copy)  # k_g
+        kc = _one_minus_square_(TC.clone()).mul_(o)  # o (1 - tanh(c)^2)
+        _times_one_minus_(o, o).mul_(TC)  # k_o
+        _times_one_minus_(i, i).mul_(g)  # k_i
+        _times_one_minus_(f, f).mul_(_prev_states(c0, cs))  # k_f
+        _one_minus_square_(g).mul_(i_copy)  # k_g
         del i_copy
-        GH, GC = _grad_buffer(go_h, hs), _grad_buffer(go_c, hs)
+        GH, GC = _grads_in(go_h, hs), _grads_in(go_c, hs)
         gh_v, gc_v, kc_v, f_v = GH.unbind(0), GC.unbind(0), kc.unbind(0), F.unbind(0)
         ko_v = P[..., :H].unbind(0)
         kifg_v = P.view(T, G, B, 4, H)[:, :, :, 1:].unbind(0)
@@ -306,7 +307,7 @@ class _LSTMScan(torch.autograd.Function):
                 gh_v[t].baddbmm_(d_v[t], wT)
         dP = P
         need = ctx.needs_input_grad
-        dw = _weight_grad(_prev(h0, hs), dP) if need[1] else None
+        dw = _weight_grad(_prev_states(h0, hs), dP) if need[1] else None
         return dP, dw, GH[0], GC[0]
 
 

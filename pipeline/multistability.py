@@ -141,9 +141,12 @@ def layer_vaa_star_group(nets: Sequence[ParallelNet], states: Sequence[list[Stat
     if type(items[0][1]).groups_well(device):
         # on a GPU one grouped run of the longest length (steps are launch-bound); on a CPU,
         # where a step costs in proportion to its work, one grouped run per distinct length
-        lengths = [0] if _one_longest_run(device) else sorted({it[4] for it in items})
-        for length in lengths:
-            members = [k for k, it in enumerate(items) if length in (0, it[4])]
+        if _one_longest_run(device):
+            buckets = [list(range(len(items)))]
+        else:
+            buckets = [[k for k, it in enumerate(items) if it[4] == length]
+                       for length in sorted({it[4] for it in items})]
+        for members in buckets:
             longest = max(items[k][4] for k in members)
             seqs = run_group([items[k][1] for k in members],
                              [items[k][2].expand(longest, n, -1) for k in members],

@@ -9,7 +9,7 @@ above ``train.divergence_threshold``, naming the first bad step.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -55,17 +55,6 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, Tensor] | None = None
         self.steps_done = 0
-
-    def epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch, validate, measure VAA; returns the epoch's metrics.
-
-        Raises:
-            Diverged: a non-finite training or validation loss.
-        """
-        result = epoch_group([self], epoch)[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def end_epoch(self, epoch: int, losses: list[Tensor]) -> dict[str, Any]:
         """Check the epoch's batch losses, validate, keep the best weights, measure VAA.
@@ -134,10 +123,3 @@ def epoch_group(trainers: Sequence[Trainer], epoch: int) -> list[dict[str, Any] 
         except Diverged as exc:
             results.append(exc)
     return results
-
-
-def train_loop(trainer: Trainer) -> Iterator[dict[str, Any]]:
-    """Yield each epoch's metrics; restores the best-validation weights after the last epoch."""
-    for epoch in range(1, trainer.cfg.train.epochs + 1):
-        yield trainer.epoch(epoch)
-    trainer.restore_best()

@@ -134,10 +134,11 @@ def _mean_metrics(ms: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _report_step(replicas: list[_Replica], group: list[_Replica],
-                 entries: Sequence[dict[str, Any] | Exception | None], counter: str,
+                 entries: Sequence[dict[str, Any] | Exception | None], counter: str, first: int,
                  report: Report) -> None:
     """Record one lockstep step's entries (metrics, or the exception that ended a replica) and
-    report their mean (one replica: its own metrics)."""
+    report their mean (one replica: its own metrics). ``rec[counter]`` counts the steps done,
+    which are numbered from ``first``."""
     ms = []
     for r, e in zip(group, entries, strict=True):
         if e is None or not r.alive:
@@ -145,7 +146,7 @@ def _report_step(replicas: list[_Replica], group: list[_Replica],
         if isinstance(e, Exception):
             r.end(e)
             continue
-        r.rec[counter] = e["step"] + 1 if counter == "warmup_steps_run" else e["step"]
+        r.rec[counter] = e["step"] + 1 - first
         ms.append(r.emit(e))
     if ms:
         report(_mean_metrics(ms) if len(replicas) > 1 else ms[0])
@@ -171,7 +172,7 @@ def _warmup_all(replicas: list[_Replica], report: Report) -> None:
                 return
             if entries is None:
                 return
-            _report_step(replicas, group, entries, "warmup_steps_run", report)
+            _report_step(replicas, group, entries, "warmup_steps_run", 0, report)
     finally:
         for r in group:
             r.rec["warmup_s"] = time.perf_counter() - t0
@@ -196,7 +197,7 @@ def _train_all(replicas: list[_Replica], report: Report) -> None:
                 for r in live:
                     r.end(exc)
                 return
-            _report_step(replicas, live, entries, "epochs_run", report)
+            _report_step(replicas, live, entries, "epochs_run", 1, report)
         for r in group:
             if r.alive:
                 r.trainer.restore_best()  # type: ignore[union-attr]
