@@ -3,6 +3,8 @@
     python benchmarks/compare.py --yardstick ../shared/bench/naive_ref.py --device cpu --threads 2 \
         --hidden 64 --seq-len 100 --batch 32 --layers 2 --rounds 3 --cells gru lstm mgu brc nbrc
 
+On a GPU: ``--device cuda --hidden 256 --seq-len 300`` (``benchmarks/gpu_session.sh`` runs it).
+
 Each round runs both implementations once per cell (alternating, so machine noise hits both); the
 table reports each side's median over rounds and the ratio yardstick / project (higher = faster).
 The yardstick is only run as a separate process; the project never imports it.
@@ -36,6 +38,11 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5, help="timed steps per run of ours (median)")
+    p.add_argument("--ref-reps", type=int, default=5,
+                   help="timed warm-up steps per run of the yardstick (2 x this many train steps); "
+                        "lower it for its slow GPU cells (a BRC warm-up step takes seconds there)")
+    p.add_argument("--jsonl", help="also append every run's JSON line here")
     a = p.parse_args()
     shape = ["--hidden", str(a.hidden), "--seq-len", str(a.seq_len), "--batch", str(a.batch),
              "--layers", str(a.layers), "--device", a.device]
@@ -45,9 +52,14 @@ def main() -> int:
         for cell in a.cells:
             res.setdefault((cell, "ours"), []).append(
                 run([sys.executable, "-m", "pipeline.bench", "--cell", cell, *shape, *threads,
-                     "--json"]))
+                     "--reps", str(a.reps), "--json"]))
             res.setdefault((cell, "ref"), []).append(
-                run([sys.executable, a.yardstick, "--cell", cell, *shape, *threads]))
+                run([sys.executable, a.yardstick, "--cell", cell, *shape, *threads,
+                     "--reps", str(a.ref_reps)]))
+            if a.jsonl:
+                with open(a.jsonl, "a") as f:
+                    for side in ("ours", "ref"):
+                        f.write(json.dumps(res[(cell, side)][-1]) + "\n")
     machine = (torch.cuda.get_device_name() if a.device == "cuda" else
                f"{platform.processor() or platform.machine()}, {a.threads} threads")
     print(f"machine: {machine}; torch {torch.__version__}; H={a.hidden} T={a.seq_len} "

@@ -16,7 +16,8 @@ YARDSTICK=${1:-../shared/bench/naive_ref.py}
 PY=${PYTHON:-python3}
 PKGS=(ray==2.60.0 optuna==5.0.0 alembic==1.20.1 Mako==1.4.3 colorlog==6.12.0 SQLAlchemy==2.1.9
       jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-      tensorboardX==2.6.5)
+      tensorboardX==2.6.5 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
+      typing-inspection==0.4.5)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$PY" -m pip install -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark the issues ask for, in one run on a CUDA machine, most important
+# first; each part's output lands in $OUT (default ./gpu-out) as soon as it is done, so a run cut
+# short still returns what finished.
+#
+#     bash benchmarks/device_bundle.sh              # here, once: Ray/Optuna wheels + the yardstick
+#     bash benchmarks/gpu_session.sh [PART ...]     # there; parts: env tests compare replicas pack
+#
+# On a machine that has the project's dependencies installed, the bundle is not needed.
+# DRY=1 runs the same plumbing on the CPU at tiny sizes (to check the script, not to measure).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+PARTS=${*:-env tests compare replicas pack}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -f .devbundle/site.tar.xz ] && [ "${DRY:-0}" != 1 ]; then
+    # Only packages the image lacks are in it (device_bundle.sh), so nothing is shadowed.
+    mkdir -p /tmp/devsite
+    [ -d /tmp/devsite/ray ] || tar -C /tmp/devsite -xJf .devbundle/site.tar.xz
+    export PYTHONPATH="$PYTHONPATH:/tmp/devsite"
+fi
+YARDSTICK=${YARDSTICK:-.devbundle/naive_ref.py}
+[ -f "$YARDSTICK" ] || YARDSTICK=../shared/bench/naive_ref.py
+
+if [ "${DRY:-0}" = 1 ]; then
+    DEV=cpu; SHAPE=(--hidden 16 --seq-len 20 --batch 8 --layers 2); CELLS=(gru brc); REPS=2; REF_REPS=1
+else
+    DEV=cuda; SHAPE=(--hidden 256 --seq-len 300 --batch 32 --layers 2); CELLS=(gru lstm mgu brc nbrc)
+    REPS=5; REF_REPS=2
+fi
+
+part() { case " $PARTS " in *" $1 "*) return 0;; *) return 1;; esac; }
+say() { echo "== $* ($(date +%T))"; }
+
+if part env; then
+    say env
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+      "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+for name in ("ray", "optuna", "pyarrow", "pandas"):
+    try:
+        print(name, __import__(name).__version__)
+    except Exception as exc:  # a missing package is reported, not fatal
+        print(name, "MISSING", exc)
+EOF
+    } 2>&1 | tee "$OUT/env.txt"
+fi
+
+if part tests; then
+    say "pytest -m gpu"
+    if [ "$DEV" = cuda ]; then
+        timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_fused.py \
+            tests/test_fused_gated.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+    else
+        echo "DRY: no CUDA; the gpu tests would skip" | tee "$OUT/pytest_gpu.txt"
+    fi
+fi
+
+if part compare; then
+    say "compare against the yardstick ($YARDSTICK)"
+    if [ -f "$YARDSTICK" ]; then
+        timeout 420 "$PY" benchmarks/compare.py --yardstick "$YARDSTICK" --device "$DEV" "${SHAPE[@]}" \
+            --rounds 1 --reps "$REPS" --ref-reps "$REF_REPS" --cells "${CELLS[@]}" \
+            --jsonl "$OUT/compare_runs.jsonl" 2>&1 | tee "$OUT/compare.md"
+    else
+        echo "no yardstick: run benchmarks/device_bundle.sh first" | tee "$OUT/compare.md"
+    fi
+fi
+
+if part replicas; then
+    say "seed replicas R = 1 and 8"
+    : > "$OUT/replicas.jsonl"
+    for cell in "${CELLS[@]}"; do
+        for r in 1 8; do
+            timeout 120 "$PY" -m pipeline.bench --cell "$cell" "${SHAPE[@]}" --device "$DEV" \
+                --reps "$REPS" --replicas "$r" --json 2>&1 | tee -a "$OUT/replicas.jsonl"
+        done
+    done
+fi
+
+if part pack; then
+    say "GPU packing throughput"
+    rm -rf /tmp/gpu-pack
+    timeout 600 "$PY" benchmarks/gpu_pack.py --device "$DEV" --results /tmp/gpu-pack --timeout 180 \
+        2>&1 | tee "$OUT/pack_log.txt" | grep -v '^\[' | tee "$OUT/pack.md"
+fi
+say done

@@ -1,0 +1,116 @@
+"""CUDA against CPU, end to end: the paths a GPU takes (cuDNN GRU/LSTM, the grouped scans for every
+cell, the stabilisation of all layers in one run of the longest S, seed replicas grouped) give the
+CPU's values, gradients and Adam updates to float32 tolerance. Marked ``gpu``; run deliberately
+with ``python -m pytest -m gpu`` on a machine with CUDA (benchmarks/gpu_session.sh does)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from pipeline.config import CELLS, ModelConfig, WarmupConfig
+from pipeline.model import build_model, forward_group
+from pipeline.tasks import Split
+from pipeline.trial import run_trial
+from tests.core_configs import tiny
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+# float32 on two devices: cuDNN/cuBLAS reduce in another order than oneDNN/our CPU scans.
+TOL = {"rtol": 2e-3, "atol": 2e-5}
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+    """TF32 would make the CUDA side 1e-3-relative in every matmul; compare in true float32."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def replicas(cell: str, warm_width: int, n: int = 3, hidden: int = 24) -> list[torch.nn.Module]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(build_model(ModelConfig(cell=cell, hidden_size=hidden, num_layers=2), 2, 1, warm_width))
+    return out
+
+
+def params(nets) -> list[torch.Tensor]:
+    return [p for n in nets for p in n.parameters()]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("warm_width", [24, 10])
+def test_forward_and_gradients_on_cuda_match_cpu(cell: str, warm_width: int) -> None:
+    cpu = replicas(cell, warm_width)
+    gpu = [copy.deepcopy(n).to(CUDA) for n in cpu]
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(40, 8, 2, generator=gen) for _ in cpu]
+    outs = []
+    for dev, nets in ((CUDA, gpu), (CPU, cpu)):
+        o = forward_group(nets, [x.to(dev) for x in xs], 3)
+        g = torch.autograd.grad(sum((v ** 2).sum() for v in o), params(nets))
+        outs.append([v.cpu() for v in (*o, *g)])
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_warmup_steps_on_cuda_match_cpu(cell: str) -> None:
+    """Three warm-up steps of three grouped replicas (per-replica S, prefixes and inputs drawn from
+    CPU generators, so both devices see the same draws): losses, VAA* and the weights after Adam."""
+    from pipeline.warmup import warmup_step_group
+
+    cpu = replicas(cell, 24)
+    gpu = [copy.deepcopy(n).to(CUDA) for n in cpu]
+    cfg = WarmupConfig(batch_size=16)
+    gen = torch.Generator().manual_seed(2)
+    data = [Split(torch.randn(30, 40, 2, generator=gen), torch.zeros(1, 40)) for _ in cpu]
+    runs = []
+    for dev, nets in ((CUDA, gpu), (CPU, cpu)):
+        opts = [torch.optim.Adam(n.parameters(), lr=cfg.lr) for n in nets]
+        ds = [Split(d.x.to(dev), d.y.to(dev)) for d in data]
+        runs.append([
+            [(float(loss), v.cpu()) for loss, v in warmup_step_group(
+                nets, opts, ds, step + 5, cfg,
+                [torch.Generator().manual_seed(100 * step + r) for r in range(len(nets))], dev)]
+            for step in range(3)])
+    for step_gpu, step_cpu in zip(*runs, strict=True):
+        for (lg, vg), (lc, vc) in zip(step_gpu, step_cpu, strict=True):
+            assert math.isclose(lg, lc, rel_tol=5e-3, abs_tol=1e-5), (lg, lc)
+            torch.testing.assert_close(vg, vc, **TOL)
+    for p, q in zip(params(gpu), params(cpu), strict=True):
+        torch.testing.assert_close(p.cpu(), q, rtol=5e-3, atol=5e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "brc"])
+def test_trial_on_cuda_completes_and_tracks_cpu(cell: str) -> None:
+    """A whole trial with replicas on CUDA: completes, its initial VAA* equals the CPU trial's, and
+    its final loss stays near the CPU trial's (only float rounding separates them)."""
+    conf = tiny(seed=1, replicas=2, **{"model.cell": cell})
+    rec_cpu = run_trial({**conf, "device": "cpu"})
+    rec_gpu = run_trial({**conf, "device": "cuda"})
+    assert rec_gpu["status"] == "completed", rec_gpu["error"]
+    assert len(rec_gpu["per_seed"]) == 2
+    assert math.isclose(rec_gpu["vaa_star_init"], rec_cpu["vaa_star_init"], rel_tol=1e-3)
+    assert math.isclose(rec_gpu["test_loss"], rec_cpu["test_loss"], rel_tol=5e-2)
+
+
+def test_bench_cli_on_cuda_reports_the_card(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipeline.bench import main
+
+    assert main(["--cell", "brc", "--hidden", "16", "--seq-len", "20", "--batch", "4", "--reps", "2",
+                 "--replicas", "2", "--device", "cuda", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"].startswith("cuda") and out["gpu"] == torch.cuda.get_device_name()
+    assert out["warmup_step_ms"] > 0 and out["train_step_ms"] > 0
