@@ -138,12 +138,15 @@ class LSTM(Cell):
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         state = self.zero_state(x.size(1), x) if state is None else state
         y, _ = self.forward(x, state)  # (T, B, H)
-        r = self.rnn
+        r, H = self.rnn, self.hidden_size
+        T, B, I = x.shape
         h_prev = torch.cat([state[0].unsqueeze(0), y[:-1]], dim=0)  # (T, B, H)
-        gates = (torch.nn.functional.linear(x, r.weight_ih_l0, r.bias_ih_l0 + r.bias_hh_l0)
-                 + h_prev @ r.weight_hh_l0.T)  # (T, B, 4H), torch order i, f, g, o
-        i, f, g, _ = gates.chunk(4, dim=-1)
-        cs = fused_gated.linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), state[1])
+        # gates i, f, g (torch order; o is not needed) of all steps in one matmul over [x, h_prev]
+        w = torch.cat([r.weight_ih_l0[:3 * H], r.weight_hh_l0[:3 * H]], dim=1)  # (3H, I + H)
+        gates = torch.addmm(r.bias_ih_l0[:3 * H] + r.bias_hh_l0[:3 * H],
+                            torch.cat([x, h_prev], dim=-1).view(T * B, I + H), w.T).view(T, B, 3 * H)
+        i_f = gates[..., :2 * H].sigmoid()
+        cs = fused_gated.linear_scan(i_f[..., H:], i_f[..., :H] * gates[..., 2 * H:].tanh(), state[1])
         return (y, cs)
 
     @classmethod
