@@ -25,3 +25,59 @@ def test_bench_bad_input_is_one_error_line(capsys: pytest.CaptureFixture[str]) -
     assert main(["--replicas", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --replicas must be >= 1 but got 0"]
+
+
+def _benchmarks_module(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_most_trials_at_once_counts_overlaps() -> None:
+    import pandas as pd
+
+    most_at_once = _benchmarks_module("gpu_pack").most_at_once
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    s = pd.to_timedelta
+    trials = pd.DataFrame({"started_at": [t, t + s("1s"), t + s("2s"), t + s("10s")],
+                           "finished_at": [t + s("3s"), t + s("4s"), t + s("9s"), t + s("11s")]})
+    assert most_at_once(trials) == 3
+    # one ends exactly when the next starts: not at once
+    back_to_back = pd.DataFrame({"started_at": [t, t + s("1s")], "finished_at": [t + s("1s"), t + s("2s")]})
+    assert most_at_once(back_to_back) == 1
+
+
+def test_gpu_scripts_parse() -> None:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("gpu_session.sh", "device_bundle.sh"):
+        subprocess.run(["bash", "-n", str(root / "benchmarks" / script)], check=True)
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
+    """The GPU session's plumbing on the CPU (DRY=1): each part writes its file; the replicas part
+    one JSON line per cell and R; the packing part a table from three real smoke sweeps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "PY": sys.executable,
+           "RAY_AUTH_MODE": "disabled"}
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), "env", "replicas", "pack"],
+                   env=env, check=True, capture_output=True, text=True, timeout=600)
+    assert "torch" in (tmp_path / "env.txt").read_text()
+    lines = [json.loads(x) for x in (tmp_path / "replicas.jsonl").read_text().splitlines()]
+    assert [(r["cell"], r["replicas"]) for r in lines] == [("gru", 1), ("gru", 8), ("brc", 1), ("brc", 8)]
+    table = (tmp_path / "pack.md").read_text().strip().splitlines()[-3:]
+    assert [row.split("|")[1].strip() for row in table] == ["1.0", "0.5", "0.25"]
+    assert all(row.split("|")[2].strip() == "36" for row in table)  # every trial recorded
