@@ -19,7 +19,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f .devbundle/site.tar.xz ] && [ "${DRY:-0}" != 1 ]; then
     # Only packages the image lacks are in it (device_bundle.sh), so nothing is shadowed.
     mkdir -p /tmp/devsite
-    [ -d /tmp/devsite/ray ] || tar -C /tmp/devsite -xJf .devbundle/site.tar.xz
+    [ -d /tmp/devsite/ray ] || "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        .devbundle/site.tar.xz /tmp/devsite
     export PYTHONPATH="$PYTHONPATH:/tmp/devsite"
 fi
 YARDSTICK=${YARDSTICK:-.devbundle/naive_ref.py}
