@@ -22,9 +22,18 @@ import sys
 import torch
 
 
-def run(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run(cmd: list[str]) -> dict | None:
+    """One run's JSON line, or None (its error printed to stderr) when it fails: one crashing cell
+    (say, out of memory on a GPU) leaves the other rows of the table."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        pass
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    print(f"failed (exit {proc.returncode}): {' '.join(cmd[1:4])}...: {tail[0]}", file=sys.stderr)
+    return None
 
 
 def main() -> int:
@@ -47,7 +56,7 @@ def main() -> int:
     shape = ["--hidden", str(a.hidden), "--seq-len", str(a.seq_len), "--batch", str(a.batch),
              "--layers", str(a.layers), "--device", a.device]
     threads = ["--threads", str(a.threads)] if a.device == "cpu" else []
-    res: dict[tuple[str, str], list[dict]] = {}
+    res: dict[tuple[str, str], list[dict | None]] = {}
     for _ in range(a.rounds):
         for cell in a.cells:
             res.setdefault((cell, "ours"), []).append(
@@ -59,7 +68,8 @@ def main() -> int:
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     for side in ("ours", "ref"):
-                        f.write(json.dumps(res[(cell, side)][-1]) + "\n")
+                        if res[(cell, side)][-1] is not None:
+                            f.write(json.dumps(res[(cell, side)][-1]) + "\n")
     machine = (torch.cuda.get_device_name() if a.device == "cuda" else
                f"{platform.processor() or platform.machine()}, {a.threads} threads")
     print(f"machine: {machine}; torch {torch.__version__}; H={a.hidden} T={a.seq_len} "
@@ -67,14 +77,20 @@ def main() -> int:
     print("| cell | warm-up step ref (ms) | ours (ms) | speed-up | train step ref (ms) | ours (ms) "
           "| speed-up |")
     print("|---|---|---|---|---|---|---|")
+    failed = False
     for cell in a.cells:
-        med = {(side, key): statistics.median(r[key] for r in res[(cell, side)])
+        runs = {side: [r for r in res[(cell, side)] if r is not None] for side in ("ours", "ref")}
+        if not all(runs.values()):
+            print(f"| {cell} | failed (see stderr) | | | | | |")
+            failed = True
+            continue
+        med = {(side, key): statistics.median(r[key] for r in runs[side])
                for side in ("ours", "ref") for key in ("warmup_step_ms", "train_step_ms")}
         wr, wo = med[("ref", "warmup_step_ms")], med[("ours", "warmup_step_ms")]
         tr, to = med[("ref", "train_step_ms")], med[("ours", "train_step_ms")]
         print(f"| {cell} | {wr:.1f} | {wo:.1f} | {wr / wo:.1f}x | {tr:.1f} | {to:.1f} | "
               f"{tr / to:.1f}x |")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
