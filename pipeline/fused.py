@@ -188,11 +188,11 @@ def _addmm(out: Tensor, x: Tensor, h: Tensor, w: Tensor, beta: float = 1.0, alph
     return out
 
 
-def _addmm_(g: Tensor, d: Tensor, w: Tensor) -> Tensor:
-    """g += d @ w in place, for w (K, H) or grouped (G, K, H)."""
+def _addmm_(g: Tensor, d: Tensor, w: Tensor, alpha: float = 1.0) -> Tensor:
+    """g += alpha d @ w in place, for w (K, H) or grouped (G, K, H)."""
     if w.dim() == 2:
-        return g.addmm_(d, w)
-    g.unflatten(0, (w.size(0), -1)).baddbmm_(d.unflatten(0, (w.size(0), -1)), w)
+        return g.addmm_(d, w, alpha=alpha)
+    g.unflatten(0, (w.size(0), -1)).baddbmm_(d.unflatten(0, (w.size(0), -1)), w, alpha=alpha)
     return g
 
 
@@ -457,6 +457,8 @@ def _nbrc_forward(
     T, B, H = xh.shape
     k = _tanh_scale(xh)
     X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=2)  # (T, B, 3, H) [xc, 2 xa, k xh]
+    if keep and not owned:  # a constant input kept for a graph: one copy, then gates in place
+        X, owned = X.contiguous(), True
     W2t = _t(torch.cat([Wc, Wa * 2.0], dim=-2))  # (H, 2H), or (G, H, 2H)
     S = X if owned else xh.new_empty((T if keep else 1, B, 3, H))
     minus_one = xh.new_full((), -1.0)
@@ -570,12 +572,21 @@ def _mgu_forward(
     minus_one = xf.new_full((), -1.0)
     hs = xf.new_empty((T if all_states else 1, B, H))  # else: the state is updated in place
     h = h0
+    if keep:  # the input terms of every step in two copies, then the products added in place
+        F.copy_(xf)
+        torch.mul(xn, k, out=N)
     with _one_thread(hs, B * H * H):
         for xf_t, xn_t, f, r, n, h_t in zip(*(_steps(v, T) for v in (xf, xn, F, R, N, hs)), strict=True):
-            _addmm(f, xf_t, h, UfT)
+            if keep:
+                _addmm_(f, h, UfT)
+            else:
+                _addmm(f, xf_t, h, UfT)
             f.sigmoid_()
             torch.mul(f, h, out=r)
-            _addmm(n, xn_t, r, UnT, beta=k, alpha=k)  # k zn
+            if keep:
+                _addmm_(n, r, UnT, alpha=k)  # k zn
+            else:
+                _addmm(n, xn_t, r, UnT, beta=k, alpha=k)
             _tanh_scaled_(n, k, minus_one)
             torch.lerp(h, n, f, out=h_t)  # (1-f)*h + f*n
             h = h_t

@@ -154,11 +154,16 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
         w = torch.cat([w[..., :2 * H], w[..., 2 * H:] * k], dim=-1)
         bias[..., 2 * H:] *= k
     h = h0
+    if keep:  # every step's a starts as the bias: one copy for all steps, not one a step
+        A.copy_(bias.expand_as(A))
     views = [_steps(v, T) for v in (x[..., :2 * H], x[..., 2 * H:], A, A[..., :2 * H], A[..., 2 * H:],
                                      RZ, RZ[..., :H], RZ[..., H:], N, hs)]
     with _one_thread(x, G * B * H * 3 * H):
         for x_rz, x_n, a, a_rz, a_n, rz, r, z, n, h_t in zip(*views, strict=True):
-            torch.baddbmm(bias, h, w, out=a)
+            if keep:
+                a.baddbmm_(h, w)
+            else:
+                torch.baddbmm(bias, h, w, out=a)
             torch.add(x_rz, a_rz, out=rz).sigmoid_()
             _tanh_scaled_(torch.addcmul(x_n, r, a_n, out=n), k, minus_one)
             torch.lerp(n, h, z, out=h_t)  # (1 - z) n + z h
