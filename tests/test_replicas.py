@@ -154,3 +154,45 @@ def test_run_group_falls_back_for_mixed_cells() -> None:
     out = run_group([a, b], xs)
     torch.testing.assert_close(out[0][0], a.forward_states(xs[0])[0])
     torch.testing.assert_close(out[1][0], b.forward_states(xs[1])[0])
+
+
+@pytest.mark.parametrize("gpu_policy", [False, True])
+def test_no_host_reads_per_time_step(gpu_policy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What would be a host synchronisation on a GPU (reading a tensor's value into Python) happens
+    a fixed number of times per warm-up or train step, never per time step: the counts are the
+    same for T = 8 and T = 40 and for any S. Both device policies (grouped scans and one run of
+    the longest S, as on GPUs; or not, as on CPU) are exercised."""
+    import collections
+
+    import pipeline.cells as cells
+    import pipeline.multistability as ms
+
+    if gpu_policy:
+        monkeypatch.setattr(ms, "_one_longest_run", lambda device: True)
+        monkeypatch.setattr(cells.Cell, "groups_well",
+                            classmethod(lambda cls, device: hasattr(cls, "group_states")))
+    reads: collections.Counter[str] = collections.Counter()
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = WarmupConfig(batch_size=6)
+    for cell in CELLS:
+        per_T = []
+        for T, step in ((8, 3), (40, 20)):  # S ~ U{1..31} then U{1..200}
+            group = nets(cell, 7, n=2)
+            gen = torch.Generator().manual_seed(T)
+            datas = [Split(torch.randn(T, 10, 2, generator=gen), torch.zeros(1, 10, 1)) for _ in group]
+            opts = [torch.optim.Adam(n.parameters(), lr=cfg.lr) for n in group]
+            reads.clear()
+            warmup_step_group(group, opts, datas, step, cfg,
+                              [torch.Generator().manual_seed(r) for r in range(2)], torch.device("cpu"))
+            outs = forward_group(group, [d.x for d in datas], 1)
+            torch.stack([o.sum() for o in outs]).sum().backward()
+            per_T.append(dict(reads))
+        assert per_T[0] == per_T[1], (cell, per_T)
+        assert sum(per_T[0].values()) < 60, (cell, per_T[0])
