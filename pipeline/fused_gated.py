@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from pipeline.fused import (
+    _const_in_time,
     _grad_buffer,
     _gram,
     _one_minus_square_,
@@ -150,7 +151,8 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
     k = _tanh_scale(x)
     minus_one = x.new_full((), -1.0)
     if k != 1.0:  # tanh(z) = 2 sig(2z) - 1: pre-activations of n built doubled
-        x = torch.cat([x[..., :2 * H], x[..., 2 * H:] * k], dim=-1)
+        one = x[:1] if _const_in_time(x) else x  # a constant input: one step, expanded again
+        x = torch.cat([one[..., :2 * H], one[..., 2 * H:] * k], dim=-1).expand(T, -1, -1, -1)
         w = torch.cat([w[..., :2 * H], w[..., 2 * H:] * k], dim=-1)
         bias[..., 2 * H:] *= k
     h = h0
@@ -209,12 +211,12 @@ class _GRUScan(torch.autograd.Function):
                 k_v[t].mul_(g.unsqueeze(2))  # K_t -> dA_t
                 g_v[t].addcmul_(g, z_v[t]).baddbmm_(d_v[t], wT)
         dA = K
-        dx = dA.clone()
-        torch.mul(kn, GH[1:], out=dx[..., 2 * H:])
         need = ctx.needs_input_grad
         dw = _weight_grad(hp, dA) if need[1] else None
         db = dA.sum((0, 2)) if need[2] else None
-        return dx, dw, db, GH[0]
+        # dA is spent: its buffer becomes x's gradient, whose n block is kn g (not gated by r)
+        torch.mul(kn, GH[1:], out=dA[..., 2 * H:])
+        return dA, dw, db, GH[0]
 
 
 def gru_scan(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, *, final_only: bool = False) -> Tensor:
