@@ -44,13 +44,16 @@ def main() -> int:
     p.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.25])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--timeout", type=float, default=300, help="seconds per sweep before giving up")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the sweep, e.g. model.cell=gru for the 18-trial half of the grid")
     a = p.parse_args()
     rows = []
     for g in a.fractions:
         exp = f"pack-{g:g}-{time.strftime('%H%M%S')}"
         cmd = [sys.executable, "-m", "pipeline.sweep", "--space", SPACE, "--smoke", "--set",
                f"device={a.device}", "--pruner", "none", "--experiment", exp, "--gpus-per-trial",
-               f"{g:g}", "--cpus-per-trial", "1", "--results", a.results]
+               f"{g:g}", "--cpus-per-trial", "1", "--results", a.results,
+               *(x for kv in a.set for x in ("--set", kv))]
         print("+", " ".join(cmd), flush=True)
         try:
             rc = subprocess.run(cmd, timeout=a.timeout).returncode

@@ -80,4 +80,4 @@ def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
     assert [(r["cell"], r["replicas"]) for r in lines] == [("gru", 1), ("gru", 8), ("brc", 1), ("brc", 8)]
     table = (tmp_path / "pack.md").read_text().strip().splitlines()[-3:]
     assert [row.split("|")[1].strip() for row in table] == ["1.0", "0.5", "0.25"]
-    assert all(row.split("|")[2].strip() == "36" for row in table)  # every trial recorded
+    assert all(row.split("|")[2].strip() == "18" for row in table)  # every trial (gru half) recorded
