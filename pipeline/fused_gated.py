@@ -139,7 +139,8 @@ def _weight_grad(hp: Tensor, d: Tensor) -> Tensor:
 
 def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_states: bool
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Forward without a graph: hs (T|1, G, B, H) and, when ``keep``, A = h @ w + b, RZ, N of every step."""
+    """Forward without a graph: hs (T|1, G, B, H) and, when ``keep``, A, RZ, N of every step, where
+    A's n block is a_n = h @ w_n + b_n (its r, z blocks hold the whole pre-activations)."""
     T = x.size(0)
     G, B, H = h0.shape
     steps = T if keep else 1
@@ -156,17 +157,19 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
         w = torch.cat([w[..., :2 * H], w[..., 2 * H:] * k], dim=-1)
         bias[..., 2 * H:] *= k
     h = h0
-    if keep:  # every step's a starts as the bias: one copy for all steps, not one a step
-        A.copy_(bias.expand_as(A))
+    if keep:  # every step's a starts as [x_rz + b_rz, b_n], built for all steps at once; the
+        # backward reads only a_n, so a_rz may hold the whole pre-activation of r and z
+        torch.add(x[..., :2 * H], bias[..., :2 * H], out=A[..., :2 * H])
+        A[..., 2 * H:].copy_(bias[..., 2 * H:].expand_as(A[..., 2 * H:]))
     views = [_steps(v, T) for v in (x[..., :2 * H], x[..., 2 * H:], A, A[..., :2 * H], A[..., 2 * H:],
                                      RZ, RZ[..., :H], RZ[..., H:], N, hs)]
     with _one_thread(x, G * B * H * 3 * H):
         for x_rz, x_n, a, a_rz, a_n, rz, r, z, n, h_t in zip(*views, strict=True):
             if keep:
-                a.baddbmm_(h, w)
+                torch.sigmoid(a.baddbmm_(h, w)[..., :2 * H], out=rz)
             else:
                 torch.baddbmm(bias, h, w, out=a)
-            torch.add(x_rz, a_rz, out=rz).sigmoid_()
+                torch.add(x_rz, a_rz, out=rz).sigmoid_()
             _tanh_scaled_(torch.addcmul(x_n, r, a_n, out=n), k, minus_one)
             torch.lerp(n, h, z, out=h_t)  # (1 - z) n + z h
             h = h_t
@@ -259,10 +262,15 @@ def _lstm_forward(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_
     n_out = T if all_states else 1
     hs, cs = x.new_empty((n_out, G, B, H)), x.new_empty((n_out, G, B, H))
     h, c = h0, c0
+    if keep:  # every step's input term in one copy, then the recurrent products added in place
+        P.copy_(x)
     with _one_thread(x, G * B * H * 4 * H):
         for x_t, p, tc, h_t, c_t in zip(_steps(x, T), _steps(P, T), _steps(TC, T), _steps(hs, T),
                                         _steps(cs, T), strict=True):
-            torch.baddbmm(x_t, h, w, out=p)
+            if keep:
+                p.baddbmm_(h, w)
+            else:
+                torch.baddbmm(x_t, h, w, out=p)
             p[..., :3 * H].sigmoid_()
             p[..., 3 * H:].tanh_()
             torch.mul(p[..., 2 * H:3 * H], c, out=c_t).addcmul_(p[..., H:2 * H], p[..., 3 * H:])
