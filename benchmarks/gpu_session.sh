@@ -4,7 +4,7 @@
 # short still returns what finished.
 #
 #     bash benchmarks/device_bundle.sh              # here, once: Ray/Optuna wheels + the yardstick
-#     bash benchmarks/gpu_session.sh [PART ...]     # there; parts: env tests compare replicas pack
+#     bash benchmarks/gpu_session.sh [PART ...]     # there; parts: env tests compare replicas pack profile
 #
 # On a machine that has the project's dependencies installed, the bundle is not needed.
 # DRY=1 runs the same plumbing on the CPU at tiny sizes (to check the script, not to measure).
@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-PARTS=${*:-env tests compare replicas pack}
+PARTS=${*:-env tests compare replicas pack profile}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -95,5 +95,10 @@ if part pack; then
     timeout 420 "$PY" benchmarks/gpu_pack.py --device "$DEV" --results /tmp/gpu-pack --timeout 140 \
         --set model.cell=gru \
         2>&1 | tee "$OUT/pack_log.txt" | grep -v '^\[' | tee "$OUT/pack.md"
+fi
+if part profile; then
+    say "profiles of a warm-up and a train step"
+    timeout 150 "$PY" benchmarks/profile_step.py --cells gru lstm brc --device "$DEV" "${SHAPE[@]}" \
+        --steps 2 --top 12 2>&1 | tee "$OUT/profile.txt"
 fi
 say done

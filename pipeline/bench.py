@@ -43,10 +43,11 @@ def median_ms(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[],
     return 1e3 * statistics.median(times)
 
 
-def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
-          reps: int = 5, replicas: int = 1) -> dict[str, float]:
-    """Time one warm-up step and one train step of ``replicas`` fully warmed networks (f = 1),
-    seeds 0..R-1, run grouped as a trial's seed replicas are."""
+def make_steps(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
+               replicas: int = 1) -> tuple[Callable[[], object], Callable[[], None]]:
+    """The warm-up step and the train step that :func:`bench` times, as two closures over
+    ``replicas`` fully warmed networks (f = 1), seeds 0..R-1, run grouped as a trial's seed
+    replicas are (also used by ``benchmarks/profile_step.py``)."""
     nets, datas, wopts, topts, xs, ys = [], [], [], [], [], []
     wcfg = WarmupConfig(batch_size=batch)
     for r in range(replicas):
@@ -61,7 +62,9 @@ def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device:
         wopts.append(torch.optim.Adam(net.parameters(), lr=wcfg.lr))
         topts.append(torch.optim.Adam(net.parameters(), lr=1e-3))
     gens = [torch.Generator().manual_seed(r) for r in range(replicas)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def warmup_step() -> object:
+        return warmup_step_group(nets, wopts, datas, 20, wcfg, gens, device)
 
     def train_step() -> None:
         outs = forward_group(nets, xs, 1)
@@ -72,7 +75,16 @@ def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device:
         for opt in topts:
             opt.step()
 
-    wu = median_ms(lambda: warmup_step_group(nets, wopts, datas, 20, wcfg, gens, device), reps, 1, sync)
+    return warmup_step, train_step
+
+
+def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
+          reps: int = 5, replicas: int = 1) -> dict[str, float]:
+    """Time one warm-up step and one train step of ``replicas`` fully warmed networks (f = 1),
+    seeds 0..R-1, run grouped as a trial's seed replicas are."""
+    warmup_step, train_step = make_steps(cell, hidden, seq_len, batch, layers, device, replicas)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    wu = median_ms(warmup_step, reps, 1, sync)
     tr = median_ms(train_step, 2 * reps, 2, sync)
     return {"warmup_step_ms": round(wu, 3), "train_step_ms": round(tr, 3),
             "samples_per_s": round(replicas * batch / (tr / 1e3), 1)}

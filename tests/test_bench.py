@@ -64,7 +64,8 @@ def test_gpu_scripts_parse() -> None:
 @pytest.mark.slow
 def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
     """The GPU session's plumbing on the CPU (DRY=1): each part writes its file; the replicas part
-    one JSON line per cell and R; the packing part a table from three real smoke sweeps."""
+    one JSON line per cell and R; the packing part a table from three real smoke sweeps; the
+    profile part a table per cell and step."""
     import os
     import subprocess
     import sys
@@ -73,7 +74,8 @@ def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "DRY": "1", "OUT": str(tmp_path), "PY": sys.executable,
            "RAY_AUTH_MODE": "disabled"}
-    subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), "env", "replicas", "pack"],
+    parts = ["env", "replicas", "pack", "profile"]
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), *parts],
                    env=env, check=True, capture_output=True, text=True, timeout=600)
     assert "torch" in (tmp_path / "env.txt").read_text()
     lines = [json.loads(x) for x in (tmp_path / "replicas.jsonl").read_text().splitlines()]
@@ -81,3 +83,5 @@ def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
     table = (tmp_path / "pack.md").read_text().strip().splitlines()[-3:]
     assert [row.split("|")[1].strip() for row in table] == ["1.0", "0.5", "0.25"]
     assert all(row.split("|")[2].strip() == "18" for row in table)  # every trial (gru half) recorded
+    profile = (tmp_path / "profile.txt").read_text()
+    assert profile.count("## ") == 6 and "Self CPU time total" in profile  # 3 cells x 2 steps
