@@ -56,6 +56,7 @@ if part tests; then
     say "pytest -m gpu"
     if [ "$DEV" = cuda ]; then
         timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_fused.py \
+            tests/test_core_tasks.py \
             tests/test_fused_gated.py 2>&1 | tee "$OUT/pytest_gpu.txt"
     else
         echo "DRY: no CUDA; the gpu tests would skip" | tee "$OUT/pytest_gpu.txt"

@@ -68,6 +68,22 @@ class Task:
                     self.input_size, self.output_size, self.out_steps, self.classification,
                     self.seq_len)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all its splits' tensors."""
+        return sum(t.nbytes for s in (self.train, self.valid, self.test) for t in (s.x, s.y))
+
+
+def on_device(task: Task, device: torch.device, share: float = 0.25) -> Task:
+    """The task moved to a CUDA ``device`` when its data take at most ``share`` of the device's
+    free memory, else unchanged. On the device every batch is gathered there, with no host-to-device
+    copy (each of which synchronises the host with the GPU) in the training loop; data too large
+    for that stay on the host and are copied batch by batch."""
+    if device.type != "cuda":
+        return task
+    free, _ = torch.cuda.mem_get_info(device)
+    return task.to(device) if task.nbytes <= share * free else task
+
 
 # ------------------------------------------------------------------------------------- synthetic
 def copy_data(n: int, seq_len: int, gen: torch.Generator) -> Split:

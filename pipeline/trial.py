@@ -24,7 +24,7 @@ from pipeline.model import ParallelNet, build_model
 from pipeline.multistability import draw_lengths, layer_vaa_star, measure_vaa, sample_states
 from pipeline.outcomes import Diverged, StopTrial
 from pipeline.seeding import resolve_device, seed_trial
-from pipeline.tasks import build_task
+from pipeline.tasks import build_task, on_device
 from pipeline.train import Trainer, epoch_group, evaluate
 from pipeline.warmup import warmup_loop_group
 
@@ -97,6 +97,7 @@ class _Replica:
         return m
 
     def setup(self) -> None:
+        self.task = on_device(self.task, self.device)
         cfg, task = self.cfg, self.task
         self.net = self.net.to(self.device)
         self.rec["n_params"] = self.net.n_params

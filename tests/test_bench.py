@@ -85,3 +85,14 @@ def test_gpu_session_dry_run_writes_every_part(tmp_path) -> None:
     assert all(row.split("|")[2].strip() == "18" for row in table)  # every trial (gru half) recorded
     profile = (tmp_path / "profile.txt").read_text()
     assert profile.count("## ") == 6 and "Self CPU time total" in profile  # 3 cells x 2 steps
+
+
+def test_gpu_session_runs_every_file_with_gpu_tests() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(re.findall(r"tests/(test_\w+\.py)", (root / "benchmarks" / "gpu_session.sh").read_text()))
+    gpu_mark = re.compile(r"^(@pytest\.mark\.gpu|pytestmark = \[pytest\.mark\.gpu)", re.M)
+    marked = {p.name for p in (root / "tests").glob("test_*.py") if gpu_mark.search(p.read_text())}
+    assert marked and listed == marked

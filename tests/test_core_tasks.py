@@ -95,3 +95,27 @@ def test_corrupt_idx_is_a_clear_error(tmp_path: Path) -> None:
     p.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     with pytest.raises(ValueError, match="expected 9 bytes"):
         read_idx(str(p))
+
+
+def test_task_bytes_and_on_device_keeps_cpu_tasks() -> None:
+    from pipeline.tasks import on_device
+
+    task = build_task(TrialConfig.from_dict({"task.seq_len": 7, "task.train_samples": 50,
+                                             "task.test_samples": 20}), torch.Generator().manual_seed(0))
+    # copy task: x (T, N, 1) and y (1, N, 1) float32 for 40 train + 10 valid + 20 test samples
+    assert task.nbytes == 4 * (7 + 1) * (40 + 10 + 20)
+    assert on_device(task, torch.device("cpu")) is task
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_device_moves_a_task_that_fits_to_cuda() -> None:
+    from pipeline.tasks import on_device
+
+    task = build_task(TrialConfig.from_dict({"task.seq_len": 7, "task.train_samples": 50}),
+                      torch.Generator().manual_seed(0))
+    moved = on_device(task, torch.device("cuda"))
+    assert moved.train.x.is_cuda and moved.test.y.is_cuda
+    x, y = moved.train.batch(torch.arange(5, device="cuda"))
+    assert torch.equal(x.cpu(), task.train.x[:, :5]) and torch.equal(y.cpu(), task.train.y[:, :5])
+    assert on_device(task, torch.device("cuda"), share=0.0) is task  # too large: stays on the host
