@@ -12,6 +12,7 @@ from torch import Tensor
 from pipeline.cells import State, run_group
 from pipeline.config import VaaConfig
 from pipeline.model import ParallelNet, layer_states_group
+from pipeline.seeding import to_device
 from pipeline.tasks import Split
 
 STAB_CHUNK = 512
@@ -80,7 +81,7 @@ def sample_states_group(nets: Sequence[ParallelNet], xs: Sequence[Tensor], lengt
                         *, detach: bool = False) -> list[list[State]]:
     """:func:`sample_states` for several networks of one configuration (seed replicas), each on its
     own inputs and prefix lengths, with each layer of all networks run as one grouped scan."""
-    picks = [((n - 1).to(x.device), torch.arange(x.size(1), device=x.device))
+    picks = [(to_device(n - 1, x.device), torch.arange(x.size(1), device=x.device))
              for n, x in zip(lengths, xs, strict=True)]
     out: list[list[State]] = [[] for _ in nets]
     xs = list(xs)
@@ -133,7 +134,7 @@ def layer_vaa_star_group(nets: Sequence[ParallelNet], states: Sequence[list[Stat
         for layer, state in zip(net.layers, net_states, strict=True):
             cell, cols = next(layer.parts())  # the warm part when it exists
             ref = state[0]
-            u = torch.randn(1, 1, layer.input_size, generator=gen).to(ref)
+            u = to_device(torch.randn(1, 1, layer.input_size, generator=gen), ref.device).to(ref.dtype)
             items.append((r, cell, u, tuple(s[:, cols] for s in state), steps[r]))
     n = items[0][3][0].size(0)
     device = items[0][2].device
@@ -185,7 +186,7 @@ def network_vaa(net: ParallelNet, x: Tensor, gen: torch.Generator, *, steps: int
         raise ValueError(f"{total} samples do not split into {estimates} estimates")
     n = total // estimates
     states = sample_states(net, x, draw_lengths(total, x.size(0), gen))
-    u = torch.randn(estimates, 1, net.input_size, generator=gen).to(x)
+    u = to_device(torch.randn(estimates, 1, net.input_size, generator=gen), x.device).to(x.dtype)
     u = u.expand(estimates, n, -1).reshape(1, total, -1)  # (1, E*n, I): one u per estimate
     done = 0
     while done < steps:
@@ -205,5 +206,5 @@ def measure_vaa(net: ParallelNet, data: Split, cfg: VaaConfig, gen: torch.Genera
     ``cfg.samples`` training inputs drawn at random, ``cfg.steps`` stabilisation steps, averaged."""
     total = cfg.estimates * cfg.samples
     idx = torch.randint(len(data), (total,), generator=gen)
-    x = data.batch(idx.to(data.y.device))[0].to(device)  # (T, E*n, I)
+    x = data.batch(to_device(idx, data.y.device))[0].to(device)  # (T, E*n, I)
     return network_vaa(net, x, gen, steps=cfg.steps, eps=cfg.eps, estimates=cfg.estimates)

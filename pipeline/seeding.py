@@ -26,3 +26,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but torch sees no CUDA device on this machine")
     return torch.device(name)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (a draw from a CPU generator) on ``device``. To CUDA it goes through pinned
+    memory without blocking, so the host does not wait for the GPU's queued work (a plain copy from
+    pageable memory synchronises with the stream)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

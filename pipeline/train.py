@@ -19,6 +19,7 @@ from pipeline.config import TrialConfig
 from pipeline.model import ParallelNet, forward_group
 from pipeline.multistability import measure_vaa
 from pipeline.outcomes import Diverged
+from pipeline.seeding import to_device
 from pipeline.tasks import Split, Task
 
 EVAL_BATCH = 1000
@@ -100,7 +101,7 @@ def epoch_group(trainers: Sequence[Trainer], epoch: int) -> list[dict[str, Any] 
     first = trainers[0]
     task0, tc, device = first.task, first.cfg.train, first.device
     n = len(task0.train)
-    perms = [torch.randperm(n, generator=t.gen).to(t.task.train.y.device) for t in trainers]
+    perms = [to_device(torch.randperm(n, generator=t.gen), t.task.train.y.device) for t in trainers]
     losses: list[list[Tensor]] = [[] for _ in trainers]
     for start in range(0, n, tc.batch_size):
         batches = [t.task.train.batch(p[start:start + tc.batch_size])

@@ -19,6 +19,7 @@ from pipeline.config import WarmupConfig
 from pipeline.model import ParallelNet
 from pipeline.multistability import draw_lengths, layer_vaa_star_group, sample_states_group
 from pipeline.outcomes import Diverged
+from pipeline.seeding import to_device
 from pipeline.tasks import Split
 
 CHECK_EVERY = 10
@@ -54,7 +55,7 @@ def warmup_step_group(nets: Sequence[ParallelNet], opts: Sequence[torch.optim.Op
     for data, gen in zip(datas, gens, strict=True):
         Ss.append(stabilisation_length(step, cfg, gen))
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-        x, _ = data.batch(idx.to(data.y.device))  # (T, B, I)
+        x, _ = data.batch(to_device(idx, data.y.device))  # (T, B, I)
         xs.append(x.to(device))
         lengths.append(draw_lengths(cfg.batch_size, x.size(0), gen))
     states = sample_states_group(nets, xs, lengths, detach=cfg.detach_prefix)

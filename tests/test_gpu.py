@@ -134,3 +134,12 @@ def test_bench_cli_on_cuda_reports_the_card(capsys: pytest.CaptureFixture[str]) 
     out = json.loads(capsys.readouterr().out)
     assert out["device"].startswith("cuda") and out["gpu"] == torch.cuda.get_device_name()
     assert out["warmup_step_ms"] > 0 and out["train_step_ms"] > 0
+
+
+def test_host_draws_reach_cuda_unchanged() -> None:
+    from pipeline.seeding import to_device
+
+    idx = torch.randint(1000, (64,), generator=torch.Generator().manual_seed(0))
+    on_gpu = to_device(idx, CUDA)
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), idx)
+    assert to_device(idx, CPU) is idx
