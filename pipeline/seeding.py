@@ -34,4 +34,8 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     pageable memory synchronises with the stream)."""
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    try:
+        pinned = t.pin_memory()
+    except RuntimeError:  # no page-locked memory to be had (some containers): a plain copy
+        return t.to(device)
+    return pinned.to(device, non_blocking=True)
