@@ -3,10 +3,11 @@ machine's run-to-run noise (two processes run minutes apart see different machin
 
     python benchmarks/train_ab.py --yardstick ../shared/bench/naive_ref.py --cell lstm --threads 2
 
-Both build a network of the same shape from ``torch.manual_seed(0)`` and take copy-task train steps
-(MSE at the last step) on the same ``(T, B, 1)`` batch; after ``--warm`` steps each, one step of
-each is timed in turn ``--reps`` times. Prints one JSON line with both medians and their ratio.
-The yardstick is loaded from its file; the project never imports it otherwise.
+Ours is the train step ``python -m pipeline.bench`` times (``pipeline.bench.make_steps``); the
+yardstick's is its own ``train_step`` on a network of the same shape and a ``(T, B, 1)`` batch of
+the same kind (copy task, MSE at the last step). After ``--warm`` steps each, one step of each is
+timed in turn ``--reps`` times. Prints one JSON line with both medians and their ratio. The
+yardstick is loaded from its file; the project never imports it otherwise.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 
 import torch
 
-from pipeline.config import CELLS, ModelConfig
-from pipeline.model import build_model, forward_group
+from pipeline.bench import make_steps
+from pipeline.config import CELLS
 
 
 def main() -> int:
@@ -39,21 +40,11 @@ def main() -> int:
     spec = importlib.util.spec_from_file_location("naive_ref", a.yardstick)
     ref = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(ref)  # type: ignore[union-attr]
+    _, ours = make_steps(a.cell, a.hidden, a.seq_len, a.batch, a.layers, torch.device("cpu"))
     torch.manual_seed(0)
     ref_net = ref.Net(a.cell, 1, a.hidden, a.layers, 1)
     ref_opt = torch.optim.Adam(ref_net.parameters(), lr=1e-3)
-    torch.manual_seed(0)
-    net = build_model(ModelConfig(cell=a.cell, hidden_size=a.hidden, num_layers=a.layers), 1, 1,
-                      warm_width=a.hidden)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.randn(a.seq_len, a.batch, 1)
-
-    def ours() -> None:
-        out = forward_group([net], [x], 1)[0]
-        loss = torch.nn.functional.mse_loss(out, x[:1])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
     def theirs() -> None:
         ref.train_step(ref_net, ref_opt, x, x[0].clone())
