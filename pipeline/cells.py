@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline import fused, fused_gated
+from pipeline import fused, fused_gated, native
 
 State = tuple[Tensor, ...]
 
@@ -130,6 +130,18 @@ class LSTM(Cell):
         super().__init__(input_size, hidden_size)
         self.rnn = nn.LSTM(input_size, hidden_size)
 
+    @classmethod
+    def groups_well(cls, device: torch.device) -> bool:
+        """On a CPU too when the native step kernels are built: the grouped scan then beats oneDNN
+        one cell at a time (BENCHMARKS.md)."""
+        return device.type != "cpu" or native.kernels() is not None
+
+    @staticmethod
+    def _native(x: Tensor) -> bool:
+        """Whether the fused scan with native step kernels runs this input (float32 on a CPU with
+        the kernels built): then it replaces oneDNN, being faster and giving every cell state."""
+        return native.usable(x) is not None
+
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         hc = None if state is None else tuple(s.unsqueeze(0).contiguous() for s in state)
         y, (h, c) = self.rnn(x, hc)
@@ -137,6 +149,8 @@ class LSTM(Cell):
 
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         state = self.zero_state(x.size(1), x) if state is None else state
+        if self._native(x):
+            return type(self).group_states([self], [x], [state])[0]
         y, _ = self.forward(x, state)  # (T, B, H)
         r, H = self.rnn, self.hidden_size
         T, B, I = x.shape

@@ -1,0 +1,141 @@
+"""The native element-wise step kernels (``pipeline/kernels.c``): built on first use, loaded with ctypes.
+
+On a CPU a fused scan step is one matmul plus a handful of element-wise torch kernels on a small
+(B, H) tile, each costing several microseconds of dispatch for well under a microsecond of
+arithmetic. ``kernels.c`` does a step's element-wise work in one call. It is plain C (no torch
+headers), compiled in about a second with the system's C compiler (``$CC``, else ``cc``) for this
+machine (``-march=native``) into a per-user cache, keyed by the source, the flags and the CPU.
+
+Everything degrades: with no compiler, a failed build, ``WARMUP_SWEEP_NATIVE=0``, or tensors that
+are not float32 on the CPU, the scans run their torch code instead (same results to float
+rounding; the tests compare both). :func:`kernels` returns the loaded library or None.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+"""Compiler flags; ``-march=native`` is tried first and dropped if the compiler refuses it."""
+
+ENV_SWITCH = "WARMUP_SWEEP_NATIVE"
+"""Set to 0 to run the torch code instead of the native kernels."""
+
+_SIGNATURES: dict[str, list[type]] = {
+    # rows, H, then the buffers (addresses)
+    "lstm_fwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 5,
+    "lstm_bwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
+    "gru_fwd": [ctypes.c_long] * 3 + [ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
+    "gru_bwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
+}
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def enabled() -> bool:
+    """Whether the native kernels are wanted (``WARMUP_SWEEP_NATIVE`` is not 0/false/no/off)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (Linux), else the
+    platform's description. A cache shared by machines of different CPUs keeps one build each."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "\n".join(sorted(set(keep)))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def cache_dir() -> Path:
+    """``$WARMUP_SWEEP_CACHE``, else ``$XDG_CACHE_HOME/warmup-sweep``, else ``~/.cache/warmup-sweep``."""
+    env = os.environ.get("WARMUP_SWEEP_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "warmup-sweep"
+
+
+def _compile(out: Path) -> None:
+    """Build the shared library at ``out`` (written to a temporary name, then renamed, so that
+    concurrent builders, say the Ray workers of one node, never load a half-written file)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        errors = ""
+        for arch in (["-march=native"], []):
+            r = subprocess.run([cc, *FLAGS, *arch, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                               timeout=120)
+            if r.returncode == 0:
+                os.replace(tmp, out)
+                return
+            errors = r.stderr.strip()
+        raise RuntimeError(f"{cc} failed: {errors[-500:]}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library_path() -> Path:
+    """Where this source, these flags and this CPU's build lives in the cache."""
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _cpu_id().encode(), sys.platform.encode()):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        _compile(path)
+    lib = ctypes.CDLL(str(path))
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = None
+    return lib
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on first use; None when disabled or unavailable (the
+    reason is logged once, as a warning, and the torch code runs instead)."""
+    global _lib, _tried
+    if not enabled():
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _load()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            log.warning("native scan kernels unavailable (%s); using the torch code", e)
+            _lib = None
+    return _lib
+
+
+def usable(*xs: Tensor) -> ctypes.CDLL | None:
+    """The kernels, if they can run on these tensors (float32, CPU) and are available."""
+    if any(x.device.type != "cpu" or x.dtype != torch.float32 for x in xs):
+        return None
+    return kernels()
