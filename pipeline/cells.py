@@ -118,10 +118,12 @@ class GRU(Cell):
 class LSTM(Cell):
     """Standard LSTM with torch's default initialisation; state ``(h, c)``.
 
-    The output sequence comes from the fused library kernel. The cell state of every step (needed to
-    sample LSTM states) is recomputed from it: with ``h_{t-1}`` known for all t, the gates of all
-    steps are one matmul and ``c_t = f_t * c_{t-1} + i_t * g_t`` is an element-wise scan. This is the
-    same function of the parameters, so its gradients are exact.
+    Where the native kernels run (float32 on a CPU, :mod:`pipeline.native`), everything goes through
+    the fused scan (:func:`pipeline.fused_gated.lstm_scan`), which gives every step's cell state as
+    well. Otherwise the output sequence comes from the library kernel (cuDNN, oneDNN) and the cell
+    state of every step (needed to sample LSTM states) is recomputed from it: with ``h_{t-1}`` known
+    for all t, the gates of all steps are one matmul and ``c_t = f_t * c_{t-1} + i_t * g_t`` is an
+    element-wise scan. This is the same function of the parameters, so its gradients are exact.
     """
 
     n_state = 2
@@ -143,6 +145,9 @@ class LSTM(Cell):
         return native.usable(x) is not None
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if self._native(x):
+            hs, cs = self.forward_states(x, state)
+            return hs, (hs[-1], cs[-1])
         hc = None if state is None else tuple(s.unsqueeze(0).contiguous() for s in state)
         y, (h, c) = self.rnn(x, hc)
         return y, (h[0], c[0])

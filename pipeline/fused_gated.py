@@ -184,9 +184,7 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
 
 def _gru_forward_native(lib, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_states: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_gru_forward` with each step's element-wise work in one native call (``gru_fwd``),
-    x read in place (expanded or not). Without ``all_states`` the states alternate between two
-    buffers and the last is returned."""
+    """:func:`_gru_forward` as one native call (``gru_fwd_scan``; see :func:`_lstm_forward_native`)."""
     T = x.size(0)
     G, B, H = h0.shape
     steps = T if keep else 1
@@ -195,24 +193,8 @@ def _gru_forward_native(lib, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: 
     N = x.new_empty((steps, G, B, H))
     slots = T if all_states else min(T, 2)
     hs = x.new_empty((slots, G, B, H))
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    bias, h = b.contiguous(), h0.contiguous()
-    f32, rows, more = 4, G * B, int(steps > 1)
-    x0, xt, xg, xb = x.data_ptr(), x.stride(0) * f32, x.stride(1), x.stride(2)
-    a0, rz0, n0, hs0 = A.data_ptr(), RZ.data_ptr(), N.data_ptr(), hs.data_ptr()
-    a_step, rz_step, n_step, s_step = (3 * H * rows * f32 * more, 2 * H * rows * f32 * more,
-                                       H * rows * f32 * more, H * rows * f32)
-    a_v, hs_v = _steps(A, T), hs.unbind(0)
-    hp = h.data_ptr()
-    fwd = lib.gru_fwd
-    with _one_thread(x, G * B * H * 3 * H):
-        for t in range(T):
-            torch.bmm(h, w, out=a_v[t])
-            s = t % slots
-            fwd(G, B, H, x0 + t * xt, xg, xb, bias.data_ptr(), a0 + t * a_step, rz0 + t * rz_step,
-                n0 + t * n_step, hp, hs0 + s * s_step)
-            h, hp = hs_v[s], hs0 + s * s_step
+    x, w, b, h0 = _row_major(x), w.contiguous(), b.contiguous(), h0.contiguous()
+    native.call(lib, "gru_fwd_scan", T, G, B, H, x, *x.stride()[:3], w, b, h0, A, RZ, N, int(keep), hs, slots)
     if not all_states:
         last = (T - 1) % slots
         hs = hs[last:last + 1]
@@ -220,27 +202,16 @@ def _gru_forward_native(lib, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: 
 
 
 def _gru_backward_native(lib, ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
-    """The backward of :class:`_GRUScan` with each step's element-wise work in one native call
-    (``gru_bwd``); A becomes dL/da and then x's gradient, N the n block of it."""
+    """The backward of :class:`_GRUScan` as one native call (``gru_bwd_scan``); A becomes dL/da and
+    then x's gradient, whose n block the kernel leaves in N."""
     w, h0, hs, A, RZ, N = ctx.saved_tensors
     A, N = _own(A, N)
     T, G, B, H = hs.shape
-    rows, f32 = G * B, 4
-    h0 = h0.contiguous()
-    GH = _grads_in(go, hs)
-    a0, rz0, n0, hs0, gh0 = A.data_ptr(), RZ.data_ptr(), N.data_ptr(), hs.data_ptr(), GH.data_ptr()
-    a_step, rz_step, s_step = 3 * H * rows * f32, 2 * H * rows * f32, H * rows * f32
-    a_v, gh_v = A.unbind(0), GH.unbind(0)
-    wT = w.transpose(1, 2).contiguous()
-    bwd = lib.gru_bwd
-    with _one_thread(hs, G * B * H * 3 * H):
-        for t in range(T - 1, -1, -1):
-            hp = hs0 + (t - 1) * s_step if t else h0.data_ptr()
-            bwd(rows, H, a0 + t * a_step, rz0 + t * rz_step, n0 + t * s_step, hp,
-                gh0 + (t + 1) * s_step, gh0 + t * s_step)
-            gh_v[t].baddbmm_(a_v[t], wT)
     need = ctx.needs_input_grad
-    dw = _weight_grad(_prev_states(h0, hs), A) if need[1] else None
+    GH = _grads_in(go, hs)
+    dw = w.new_zeros(w.shape) if need[1] else None
+    wT, h0 = w.transpose(1, 2).contiguous(), h0.contiguous()
+    native.call(lib, "gru_bwd_scan", T, G, B, H, A, RZ, N, hs, h0, wT, GH, dw)
     db = A.sum((0, 2)) if need[2] else None
     A[..., 2 * H:].copy_(N)  # dL/da is spent: x's gradient differs in its n block
     return A, dw, db, GH[0]
@@ -355,7 +326,8 @@ def _lstm_forward(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_
 
 def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_states: bool
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_lstm_forward` with each step's element-wise work in one native call (``lstm_fwd``).
+    """:func:`_lstm_forward` as one native call (``lstm_fwd_scan``: the whole time loop, matmuls
+    included, the groups spread over torch's CPU threads); x is read in place, expanded or not.
     Without ``all_states`` the states alternate between two buffers and the last is returned."""
     T = x.size(0)
     G, B, H = h0.shape
@@ -364,49 +336,18 @@ def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep
     TC = x.new_empty((steps, G, B, H))
     slots = T if all_states else min(T, 2)
     hs, cs = x.new_empty((slots, G, B, H)), x.new_empty((slots, G, B, H))
-    h, c = h0.contiguous(), c0.contiguous()
-    if keep:
-        P.copy_(x)
-    p_v, x_v, hs_v = _steps(P, T), _steps(x, T), hs.unbind(0)
-    rows, f32 = G * B, 4
-    p_step, tc_step, s_step = 4 * H * rows * f32 * (steps > 1), H * rows * f32 * (steps > 1), H * rows * f32
-    p0, tc0, hs0, cs0 = P.data_ptr(), TC.data_ptr(), hs.data_ptr(), cs.data_ptr()
-    c_ptr = c.data_ptr()
-    fwd = lib.lstm_fwd
-    with _one_thread(x, G * B * H * 4 * H):
-        for t in range(T):
-            p = p_v[t]
-            if keep:
-                p.baddbmm_(h, w)
-            else:
-                torch.baddbmm(x_v[t], h, w, out=p)
-            s = t % slots
-            fwd(rows, H, p0 + t * p_step, c_ptr, cs0 + s * s_step, tc0 + t * tc_step, hs0 + s * s_step)
-            h, c_ptr = hs_v[s], cs0 + s * s_step
+    x, w, h0, c0 = _row_major(x), w.contiguous(), h0.contiguous(), c0.contiguous()
+    native.call(lib, "lstm_fwd_scan", T, G, B, H, x, *x.stride()[:3], w, h0, c0, P, TC, int(keep), hs, cs,
+                slots)
     if not all_states:
         last = (T - 1) % slots
         hs, cs = hs[last:last + 1], cs[last:last + 1]
     return hs, cs, P, TC
 
 
-def _lstm_backward_native(lib, w: Tensor, h0: Tensor, c0: Tensor, hs: Tensor, cs: Tensor, P: Tensor,
-                          TC: Tensor, GH: Tensor, GC: Tensor) -> None:
-    """The backward loop of :class:`_LSTMScan` with each step's element-wise work in one native call
-    (``lstm_bwd``): P becomes dL/dp, GH[0] and GC[0] the gradients of h0 and c0."""
-    T, G, B, H = hs.shape
-    rows, f32 = G * B, 4
-    p_step, s_step = 4 * H * rows * f32, H * rows * f32
-    c0 = c0.contiguous()
-    p0, tc0, cs0, gh0, gc0 = P.data_ptr(), TC.data_ptr(), cs.data_ptr(), GH.data_ptr(), GC.data_ptr()
-    d_v, gh_v = P.unbind(0), GH.unbind(0)
-    wT = w.transpose(1, 2).contiguous()
-    bwd = lib.lstm_bwd
-    with _one_thread(hs, G * B * H * 4 * H):
-        for t in range(T - 1, -1, -1):
-            cp = cs0 + (t - 1) * s_step if t else c0.data_ptr()
-            bwd(rows, H, p0 + t * p_step, tc0 + t * s_step, cp, gh0 + (t + 1) * s_step,
-                gc0 + (t + 1) * s_step, gc0 + t * s_step)
-            gh_v[t].baddbmm_(d_v[t], wT)
+def _row_major(x: Tensor) -> Tensor:
+    """x itself when its rows are contiguous (any strides over time, groups and batch), else a copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 class _LSTMScan(torch.autograd.Function):
@@ -430,9 +371,9 @@ class _LSTMScan(torch.autograd.Function):
         lib = native.usable(P, w)
         if lib is not None:
             GH, GC = _grads_in(go_h, hs), _grads_in(go_c, hs)
-            _lstm_backward_native(lib, w, h0, c0, hs, cs, P, TC, GH, GC)
-            need = ctx.needs_input_grad
-            dw = _weight_grad(_prev_states(h0, hs), P) if need[1] else None
+            dw = w.new_zeros(w.shape) if ctx.needs_input_grad[1] else None
+            native.call(lib, "lstm_bwd_scan", T, G, B, H, P, TC, hs, cs, h0.contiguous(), c0.contiguous(),
+                        w.transpose(1, 2).contiguous(), GH, GC, dw)
             return P, dw, GH[0], GC[0]
         o, i, f, g = P[..., :H], P[..., H:2 * H], P[..., 2 * H:3 * H], P[..., 3 * H:]
         F = f.clone()

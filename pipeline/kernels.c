@@ -9,7 +9,9 @@
  * Compiled without -ffast-math: NaN and infinities propagate as in torch (a diverging trial must
  * show up as NaN). Float-to-int conversion in fexp needs -fno-trapping-math to vectorise.
  */
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define EXP_HI 88.3762626647949f
@@ -42,12 +44,90 @@ static inline float fsig(float x) { return 1.0f / (1.0f + fexp(-x)); }
 static inline float ftanh(float x) { return 2.0f / (1.0f + fexp(-2.0f * x)) - 1.0f; }
 
 /* ---------------------------------------------------------------------------------------
+ * Small matrix products: C (m x n, row stride ldc) (+)= A (m x k, element (i, p) at
+ * A[i ars + p acs]) W (k x n, row stride ldw). Register tiles of 4 rows x 16 columns (one AVX-512
+ * register, two AVX2 ones); the remaining columns one at a time. On the (32 x 64) x (64 x 256)
+ * products of a scan step this runs as fast as MKL does through torch, without its dispatch.
+ * ------------------------------------------------------------------------------------- */
+
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+#define VL 16
+#define TR 4
+
+static void gemm(long m, long n, long k, const float *A, long ars, long acs, const float *W, long ldw,
+                 float *C, long ldc, int beta) {
+    const long nb = n - n % VL, mb = m - m % TR;
+    for (long i = 0; i < mb; i += TR)
+        for (long j = 0; j < nb; j += VL) {
+            vf c[TR];
+            for (int r = 0; r < TR; r++)
+                c[r] = beta ? *(const vf *)(C + (i + r) * ldc + j) : (vf){0};
+            for (long p = 0; p < k; p++) {
+                const vf w = *(const vf *)(W + p * ldw + j);
+                for (int r = 0; r < TR; r++) c[r] += A[(i + r) * ars + p * acs] * w;
+            }
+            for (int r = 0; r < TR; r++) *(vf *)(C + (i + r) * ldc + j) = c[r];
+        }
+    for (long i = 0; i < m; i++)
+        for (long j = i < mb ? nb : 0; j < n; j++) {
+            float s = beta ? C[i * ldc + j] : 0.0f;
+            for (long p = 0; p < k; p++) s += A[i * ars + p * acs] * W[p * ldw + j];
+            C[i * ldc + j] = s;
+        }
+}
+
+/* Run work(arg, g) for g = 0..G-1 on up to `threads` threads (the groups of a scan are
+ * independent over the whole sequence, so there is no synchronisation per step). */
+typedef void (*group_fn)(const void *arg, long g);
+struct share { group_fn fn; const void *arg; long first, G, stride; };
+
+static void *run_share(void *p) {
+    const struct share *s = p;
+    for (long g = s->first; g < s->G; g += s->stride) s->fn(s->arg, g);
+    return NULL;
+}
+
+static void for_groups(group_fn fn, const void *arg, long G, long threads) {
+    if (threads > G) threads = G;
+#ifdef _OPENMP
+    /* torch's own OpenMP runtime (the same libgomp is loaded once per process) and its threads:
+     * fresh threads would compete with torch's, which spin for a while after each of its ops */
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (long g = 0; g < G; g++) fn(arg, g);
+        return;
+    }
+#endif
+    if (threads > 64) threads = 64;
+    if (threads <= 1) {
+        for (long g = 0; g < G; g++) fn(arg, g);
+        return;
+    }
+    pthread_t ids[64];
+    struct share shares[64];
+    long started = 0;
+    for (long k = 1; k < threads; k++) {
+        shares[k] = (struct share){fn, arg, k, G, threads};
+        if (pthread_create(&ids[k], NULL, run_share, &shares[k]) != 0) break;
+        started = k;
+    }
+    /* groups of threads that could not start run here */
+    shares[0] = (struct share){fn, arg, 0, G, threads};
+    run_share(&shares[0]);
+    for (long k = started + 1; k < threads; k++) {
+        struct share rest = {fn, arg, k, G, threads};
+        run_share(&rest);
+    }
+    for (long k = 1; k <= started; k++) pthread_join(ids[k], NULL);
+}
+
+/* ---------------------------------------------------------------------------------------
  * LSTM, gate order (o, i, f, g); p rows are 4H wide, state rows H wide.
  * ------------------------------------------------------------------------------------- */
 
 /* Forward step: p holds the pre-activations x_t + h_{t-1} w and is activated in place;
  * c = f cp + i g, tc = tanh(c), h = o tc. c may be cp (in place). */
-void lstm_fwd(long rows, long H, float *restrict p, const float *cp, float *c, float *restrict tc,
+static void lstm_fwd(long rows, long H, float *restrict p, const float *cp, float *c, float *restrict tc,
               float *restrict h) {
     for (long b = 0; b < rows; b++) {
         float *restrict q = p + b * 4 * H;
@@ -74,7 +154,7 @@ void lstm_fwd(long rows, long H, float *restrict p, const float *cp, float *c, f
  *   dp = [gh tc o (1 - o), dc g i (1 - i), dc cp f (1 - f), dc i (1 - g^2)]
  *   gc += dc f
  * dL/dh_{t-1} += dp w^T is the caller's matmul. */
-void lstm_bwd(long rows, long H, float *restrict p, const float *restrict tc, const float *restrict cp,
+static void lstm_bwd(long rows, long H, float *restrict p, const float *restrict tc, const float *restrict cp,
               const float *restrict gh, const float *restrict gcn, float *restrict gc) {
     for (long b = 0; b < rows; b++) {
         float *restrict q = p + b * 4 * H;
@@ -101,7 +181,7 @@ void lstm_bwd(long rows, long H, float *restrict p, const float *restrict tc, co
  * recurrent biases (G x 3H), hp = h_{t-1}. Out: a = [x_rz + b_rz + a_rz, b_n + a_n] (the backward
  * reads its n block), rz = sig of its r, z blocks, n = tanh(x_n + r (b_n + a_n)),
  * h = (1 - z) n + z hp. h may be hp (in place). */
-void gru_fwd(long G, long B, long H, const float *restrict x, long xg, long xb, const float *restrict bias,
+static void gru_fwd(long G, long B, long H, const float *restrict x, long xg, long xb, const float *restrict bias,
              float *restrict a, float *restrict rz, float *restrict n, const float *hp, float *h) {
     for (long g = 0; g < G; g++) {
         const float *restrict bg = bias + g * 3 * H;
@@ -136,7 +216,7 @@ void gru_fwd(long G, long B, long H, const float *restrict x, long xg, long xb, 
  *   n  <- dL/dx_n = gh kn
  *   gp += gh z                                  (gp = dL/dh_{t-1} so far)
  * dL/dh_{t-1} += dL/da w^T is the caller's matmul. */
-void gru_bwd(long rows, long H, float *restrict a, const float *restrict rz, float *restrict n,
+static void gru_bwd(long rows, long H, float *restrict a, const float *restrict rz, float *restrict n,
              const float *restrict hp, const float *restrict gh, float *restrict gp) {
     for (long row = 0; row < rows; row++) {
         float *restrict ar = a + row * 3 * H;
@@ -153,4 +233,185 @@ void gru_bwd(long rows, long H, float *restrict a, const float *restrict rz, flo
             gp[s + j] += g * z;
         }
     }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Whole scans: the time loop, matmuls included, in one call. Buffers are step-major as in
+ * pipeline/fused_gated.py: per-step buffers (steps, G, B, k H) with steps = T (kept for the
+ * backward) or 1 (forward only), states (slots, G, B, H) with slots = T, or 2 (or 1) alternating
+ * when only the last state is wanted, gradient buffers (T + 1, G, B, H), index 0 for the initial
+ * state. x (row (t, g, b) at x + t xt + g xg + b xb) may be expanded (strides 0).
+ *
+ * Every row (g, b) of a scan is independent of the others over the whole sequence: row b of
+ * h_t @ w needs only row b of h_t. So the work is cut into lanes, one block of rows of one group
+ * each, spread over the threads with no synchronisation per step; only the weight gradient (a
+ * sum over rows) is accumulated per lane and added up at the end.
+ * ------------------------------------------------------------------------------------- */
+
+struct scan {
+    long T, G, B, H, keep, slots, split;
+    const float *x;
+    long xt, xg, xb;
+    const float *w, *bias, *h0, *c0, *hs_in, *cs_in;
+    float *P, *TC, *N, *hs, *cs, *GH, *GC, *dw;
+};
+
+/* lane -> group g, first row b0 and row count nb */
+static inline void lane_rows(const struct scan *a, long lane, long *g, long *b0, long *nb) {
+    const long part = lane % a->split, per = (a->B + a->split - 1) / a->split;
+    *g = lane / a->split;
+    *b0 = part * per;
+    *nb = *b0 >= a->B ? 0 : (a->B - *b0 < per ? a->B - *b0 : per);
+}
+
+/* offset of row (g, b) of slot/step s in a (., G, B, w) buffer */
+static inline long at(const struct scan *a, long s, long g, long b, long w) {
+    return ((s * a->G + g) * a->B + b) * w;
+}
+
+static long lanes_for(long G, long B, long threads, long *split) {
+    long sp = G >= threads ? 1 : (threads + G - 1) / G;
+    if (sp > B / 4) sp = B / 4 > 1 ? B / 4 : 1; /* keep at least one 4-row tile per lane */
+    *split = sp;
+    return G * sp;
+}
+
+static void lstm_fwd_lane(const void *arg, long lane) {
+    const struct scan *a = arg;
+    long g, b0, nb;
+    lane_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H;
+    const float *wg = a->w + g * H * 4 * H;
+    for (long t = 0; t < a->T; t++) {
+        const long k = a->keep ? t : 0, s = t % a->slots, sp = (t - 1) % a->slots;
+        float *p = a->P + at(a, k, g, b0, 4 * H);
+        const float *hp = t ? a->hs + at(a, sp, g, b0, H) : a->h0 + (g * a->B + b0) * H;
+        const float *cp = t ? a->cs + at(a, sp, g, b0, H) : a->c0 + (g * a->B + b0) * H;
+        const float *xr = a->x + t * a->xt + g * a->xg + b0 * a->xb;
+        for (long b = 0; b < nb; b++) memcpy(p + b * 4 * H, xr + b * a->xb, 4 * H * sizeof(float));
+        gemm(nb, 4 * H, H, hp, H, 1, wg, 4 * H, p, 4 * H, 1);
+        lstm_fwd(nb, H, p, cp, a->cs + at(a, s, g, b0, H), a->TC + at(a, k, g, b0, H),
+                 a->hs + at(a, s, g, b0, H));
+    }
+}
+
+void lstm_fwd_scan(long T, long G, long B, long H, const float *x, long xt, long xg, long xb, const float *w,
+                   const float *h0, const float *c0, float *P, float *TC, long keep, float *hs, float *cs,
+                   long slots, long threads) {
+    struct scan a = {.T = T, .G = G, .B = B, .H = H, .keep = keep, .slots = slots, .x = x, .xt = xt,
+                     .xg = xg, .xb = xb, .w = w, .h0 = h0, .c0 = c0, .P = P, .TC = TC, .hs = hs, .cs = cs};
+    const long lanes = lanes_for(G, B, threads, &a.split);
+    for_groups(lstm_fwd_lane, &a, lanes, threads);
+}
+
+static void finish_dw(const struct scan *a, const float *scratch, long width) {
+    if (!a->dw || a->split == 1) return;
+    const long n = a->H * width;
+    for (long g = 0; g < a->G; g++)
+        for (long part = 0; part < a->split; part++) {
+            const float *src = scratch + (g * a->split + part) * n;
+            float *dst = a->dw + g * n;
+            for (long i = 0; i < n; i++) dst[i] += src[i];
+        }
+}
+
+struct lstm_bwd_args { struct scan s; float *scratch; };
+
+static void lstm_bwd_lane(const void *arg, long lane) {
+    const struct lstm_bwd_args *l = arg;
+    const struct scan *a = &l->s;
+    long g, b0, nb;
+    lane_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, GBH = a->G * a->B * H;
+    const float *wTg = a->w + g * 4 * H * H;
+    float *dwg = a->dw ? (a->split == 1 ? a->dw + g * H * 4 * H : l->scratch + lane * H * 4 * H) : NULL;
+    for (long t = a->T - 1; t >= 0; t--) {
+        float *p = a->P + at(a, t, g, b0, 4 * H);
+        const float *tc = a->TC + at(a, t, g, b0, H);
+        const float *cp = t ? a->cs_in + at(a, t - 1, g, b0, H) : a->c0 + (g * a->B + b0) * H;
+        const float *hp = t ? a->hs_in + at(a, t - 1, g, b0, H) : a->h0 + (g * a->B + b0) * H;
+        float *gh = a->GH + at(a, t + 1, g, b0, H), *gc = a->GC + at(a, t + 1, g, b0, H);
+        lstm_bwd(nb, H, p, tc, cp, gh, gc, gc - GBH);
+        gemm(nb, H, 4 * H, p, 4 * H, 1, wTg, H, gh - GBH, H, 1);
+        if (dwg) gemm(H, 4 * H, nb, hp, 1, H, p, 4 * H, dwg, 4 * H, 1);
+    }
+}
+
+/* P: the activated gates (becomes dL/dp), wT: (G, 4H, H), GH/GC hold the incoming gradients
+ * (index t + 1 for step t) and receive the initial states' at index 0; dw (G, H, 4H), zeroed by
+ * the caller, or NULL. Returns 0, or -1 if scratch memory for the weight gradient is short. */
+long lstm_bwd_scan(long T, long G, long B, long H, float *P, const float *TC, const float *hs, const float *cs,
+                   const float *h0, const float *c0, const float *wT, float *GH, float *GC, float *dw,
+                   long threads) {
+    struct lstm_bwd_args l = {{.T = T, .G = G, .B = B, .H = H, .keep = 1, .slots = T, .w = wT, .h0 = h0,
+                               .c0 = c0, .hs_in = hs, .cs_in = cs, .P = P, .TC = (float *)TC, .GH = GH,
+                               .GC = GC, .dw = dw}, NULL};
+    const long lanes = lanes_for(G, B, threads, &l.s.split);
+    if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 4 * H, sizeof(float)))) return -1;
+    for_groups(lstm_bwd_lane, &l, lanes, threads);
+    if (l.scratch) {
+        finish_dw(&l.s, l.scratch, 4 * H);
+        free(l.scratch);
+    }
+    return 0;
+}
+
+static void gru_fwd_lane(const void *arg, long lane) {
+    const struct scan *a = arg;
+    long g, b0, nb;
+    lane_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H;
+    const float *wg = a->w + g * H * 3 * H;
+    for (long t = 0; t < a->T; t++) {
+        const long k = a->keep ? t : 0, s = t % a->slots;
+        float *ar = a->P + at(a, k, g, b0, 3 * H);
+        const float *hp = t ? a->hs + at(a, (t - 1) % a->slots, g, b0, H) : a->h0 + (g * a->B + b0) * H;
+        gemm(nb, 3 * H, H, hp, H, 1, wg, 3 * H, ar, 3 * H, 0);
+        gru_fwd(1, nb, H, a->x + t * a->xt + g * a->xg + b0 * a->xb, 0, a->xb, a->bias + g * 3 * H, ar,
+                a->TC + at(a, k, g, b0, 2 * H), a->N + at(a, k, g, b0, H), hp, a->hs + at(a, s, g, b0, H));
+    }
+}
+
+/* A (steps, G, B, 3H), RZ (steps, G, B, 2H), N (steps, G, B, H): as gru_fwd leaves them. */
+void gru_fwd_scan(long T, long G, long B, long H, const float *x, long xt, long xg, long xb, const float *w,
+                  const float *bias, const float *h0, float *A, float *RZ, float *N, long keep, float *hs,
+                  long slots, long threads) {
+    struct scan a = {.T = T, .G = G, .B = B, .H = H, .keep = keep, .slots = slots, .x = x, .xt = xt,
+                     .xg = xg, .xb = xb, .w = w, .bias = bias, .h0 = h0, .P = A, .TC = RZ, .N = N, .hs = hs};
+    const long lanes = lanes_for(G, B, threads, &a.split);
+    for_groups(gru_fwd_lane, &a, lanes, threads);
+}
+
+static void gru_bwd_lane(const void *arg, long lane) {
+    const struct lstm_bwd_args *l = arg;
+    const struct scan *a = &l->s;
+    long g, b0, nb;
+    lane_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, GBH = a->G * a->B * H;
+    const float *wTg = a->w + g * 3 * H * H;
+    float *dwg = a->dw ? (a->split == 1 ? a->dw + g * H * 3 * H : l->scratch + lane * H * 3 * H) : NULL;
+    for (long t = a->T - 1; t >= 0; t--) {
+        float *ar = a->P + at(a, t, g, b0, 3 * H);
+        const float *hp = t ? a->hs_in + at(a, t - 1, g, b0, H) : a->h0 + (g * a->B + b0) * H;
+        float *gh = a->GH + at(a, t + 1, g, b0, H);
+        gru_bwd(nb, H, ar, a->TC + at(a, t, g, b0, 2 * H), a->N + at(a, t, g, b0, H), hp, gh, gh - GBH);
+        gemm(nb, H, 3 * H, ar, 3 * H, 1, wTg, H, gh - GBH, H, 1);
+        if (dwg) gemm(H, 3 * H, nb, hp, 1, H, ar, 3 * H, dwg, 3 * H, 1);
+    }
+}
+
+/* A becomes dL/da, N the n block of x's gradient (dL/dx_n); wT (G, 3H, H); GH as for the LSTM;
+ * dw (G, H, 3H), zeroed by the caller, or NULL. Returns 0, or -1 (as lstm_bwd_scan). */
+long gru_bwd_scan(long T, long G, long B, long H, float *A, const float *RZ, float *N, const float *hs,
+                  const float *h0, const float *wT, float *GH, float *dw, long threads) {
+    struct lstm_bwd_args l = {{.T = T, .G = G, .B = B, .H = H, .keep = 1, .slots = T, .w = wT, .h0 = h0,
+                               .hs_in = hs, .P = A, .TC = (float *)RZ, .N = N, .GH = GH, .dw = dw}, NULL};
+    const long lanes = lanes_for(G, B, threads, &l.s.split);
+    if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 3 * H, sizeof(float)))) return -1;
+    for_groups(gru_bwd_lane, &l, lanes, threads);
+    if (l.scratch) {
+        finish_dw(&l.s, l.scratch, 3 * H);
+        free(l.scratch);
+    }
+    return 0;
 }

@@ -30,18 +30,20 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
-"""Compiler flags; ``-march=native`` is tried first and dropped if the compiler refuses it."""
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
+"""Compiler flags; ``-march=native`` and ``-fopenmp`` are added where the compiler takes them."""
 
 ENV_SWITCH = "WARMUP_SWEEP_NATIVE"
 """Set to 0 to run the torch code instead of the native kernels."""
 
-_SIGNATURES: dict[str, list[type]] = {
-    # rows, H, then the buffers (addresses)
-    "lstm_fwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 5,
-    "lstm_bwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
-    "gru_fwd": [ctypes.c_long] * 3 + [ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
-    "gru_bwd": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6,
+_L, _P = ctypes.c_long, ctypes.c_void_p
+_SIGNATURES: dict[str, tuple[list[type], type | None]] = {
+    # sizes (T, G, B, H), then buffers (addresses) and strides, as in kernels.c; the backward
+    # scans return 0, or -1 when scratch memory is short
+    "lstm_fwd_scan": ([_L] * 4 + [_P, _L, _L, _L] + [_P] * 5 + [_L, _P, _P, _L, _L], None),
+    "lstm_bwd_scan": ([_L] * 4 + [_P] * 10 + [_L], _L),
+    "gru_fwd_scan": ([_L] * 4 + [_P, _L, _L, _L] + [_P] * 6 + [_L, _P, _L, _L], None),
+    "gru_bwd_scan": ([_L] * 4 + [_P] * 8 + [_L], _L),
 }
 
 _lib: ctypes.CDLL | None = None
@@ -84,7 +86,7 @@ def _compile(out: Path) -> None:
     os.close(fd)
     try:
         errors = ""
-        for arch in (["-march=native"], []):
+        for arch in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
             r = subprocess.run([cc, *FLAGS, *arch, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
                                timeout=120)
             if r.returncode == 0:
@@ -111,10 +113,10 @@ def _load() -> ctypes.CDLL:
     if not path.exists():
         _compile(path)
     lib = ctypes.CDLL(str(path))
-    for name, args in _SIGNATURES.items():
+    for name, (args, res) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = args
-        fn.restype = None
+        fn.restype = res
     return lib
 
 
@@ -139,3 +141,15 @@ def usable(*xs: Tensor) -> ctypes.CDLL | None:
     if any(x.device.type != "cpu" or x.dtype != torch.float32 for x in xs):
         return None
     return kernels()
+
+
+def call(lib: ctypes.CDLL, name: str, *args: Tensor | int | None) -> None:
+    """Call kernel ``name`` with tensors passed as their addresses and torch's CPU thread count
+    appended (the kernels spread their lanes over that many OpenMP threads).
+
+    Raises:
+        MemoryError: the kernel returned -1 (its scratch memory could not be allocated).
+    """
+    conv = [a.data_ptr() if isinstance(a, Tensor) else a for a in args]
+    if getattr(lib, name)(*conv, torch.get_num_threads()):
+        raise MemoryError(f"{name}: out of memory for the weight gradient's scratch")

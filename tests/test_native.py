@@ -1,0 +1,208 @@
+"""The native scan kernels (pipeline/kernels.c via pipeline/native.py): built here, equal to the
+plain autograd loops in float32 (values and every gradient, over the shapes that take each code
+path: register tiles and their tails, rows split into lanes over threads, groups, expanded
+inputs), equal to the torch code they replace, NaN-propagating, and replaced by the torch code
+when they cannot be built."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from pipeline import fused_gated as fg
+from pipeline import native
+from pipeline.cells import LSTM
+
+HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang")) or bool(os.environ.get("CC"))
+
+# (T, G, B, H): small tails (B, H not multiples of the 4 x 16 tile), one full tile, lanes split
+# over threads (B >= 8, G < threads), several groups, one step
+SHAPES = [(9, 1, 5, 3), (12, 1, 32, 16), (7, 1, 13, 19), (6, 3, 12, 8), (1, 2, 3, 4), (5, 1, 32, 64)]
+CELLS = {"gru": (3, fg.gru_scan, fg.gru_scan_reference), "lstm": (4, fg.lstm_scan, fg.lstm_scan_reference)}
+
+
+@pytest.fixture
+def fresh_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty kernel cache and a module that has not tried to build yet."""
+    monkeypatch.setenv("WARMUP_SWEEP_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    return tmp_path
+
+
+def _args(cell: str, shape: tuple[int, ...], const: bool, seed: int = 0) -> list[Tensor]:
+    """float64 leaves of a scan: x (T, G, B, kH), possibly expanded over time, w, [b,] states."""
+    T, G, B, H = shape
+    k = CELLS[cell][0]
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*s: int, scale: float = 0.7) -> Tensor:
+        return scale * torch.randn(*s, generator=gen, dtype=torch.float64)
+
+    x = r(1, G, B, k * H, scale=1.5).expand(T, -1, -1, -1) if const else r(T, G, B, k * H, scale=1.5)
+    rest = [r(G, H, k * H)] + ([r(G, k * H)] if cell == "gru" else []) + [r(G, B, H) for _ in range(k - 2)]
+    return [t.requires_grad_() for t in [x, *rest]]
+
+
+def _run(cell: str, args: list[Tensor], gos: tuple[Tensor, ...]) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    scan = CELLS[cell][1]
+    out = scan(*args)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    return outs, torch.autograd.grad(outs, args, gos)
+
+
+def _float(args: list[Tensor]) -> list[Tensor]:
+    return [a.detach().float().requires_grad_() for a in args]
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_kernels_build_and_load_here(fresh_build: Path) -> None:
+    assert native.kernels() is not None
+    built = list(fresh_build.glob("kernels-*.so"))
+    assert built == [native.library_path()]
+    # a second module state finds the cached build instead of compiling again
+    mtime = built[0].stat().st_mtime_ns
+    native._tried, native._lib = False, None
+    assert native.kernels() is not None and built[0].stat().st_mtime_ns == mtime
+
+
+def _run_ref(cell: str, args: list[Tensor], gos: tuple[Tensor, ...]
+             ) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    out = CELLS[cell][2](*args)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    return outs, torch.autograd.grad(outs, args, gos)
+
+
+def _errors(ours: list[Tensor] | tuple[Tensor, ...], ref: list[Tensor] | tuple[Tensor, ...]) -> list[float]:
+    """Largest absolute error of each tensor, relative to the reference's largest magnitude (>= 1)."""
+    errs = []
+    for a, b in zip(ours, ref, strict=True):
+        a, b = a.detach().double(), b.detach().double()
+        errs.append(float((a - b).abs().max()) / max(float(b.abs().max()), 1.0))
+    return errs
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("const", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_native_scan_is_as_accurate_as_the_torch_code(cell: str, shape: tuple[int, ...], const: bool,
+                                                       threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the float64 autograd loop, the native float32 scan (values, every gradient, the
+    forward-only final state) is within a small multiple of the error of the float32 torch code
+    it replaces, and within 1e-5 (values) / 1e-4 (gradients) of the reference's magnitude."""
+    assert native.kernels() is not None
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args = _args(cell, shape, const)
+        T, G, B, H = shape
+        gen = torch.Generator().manual_seed(5)
+        gos = tuple(torch.randn(T, G, B, H, generator=gen, dtype=torch.float64)
+                    for _ in range(CELLS[cell][0] - 2))
+        ref_out, ref_grads = _run_ref(cell, args, gos)
+        results = {}
+        for switch in ("1", "0"):
+            monkeypatch.setenv(native.ENV_SWITCH, switch)
+            out, grads = _run(cell, _float(args), tuple(g.float() for g in gos))
+            with torch.no_grad():  # the forward-only path (two alternating state buffers)
+                final = CELLS[cell][1](*[a.detach().float() for a in args], final_only=True)
+            final = list(final) if isinstance(final, tuple) else [final]
+            results[switch] = (_errors(out, ref_out) + _errors(final, [o[-1] for o in ref_out]),
+                               _errors(grads, ref_grads))
+        (val_n, grad_n), (val_t, grad_t) = results["1"], results["0"]
+        for ours, theirs, bound in ((val_n, val_t, 1e-5), (grad_n, grad_t, 1e-4)):
+            for e_n, e_t in zip(ours, theirs, strict=True):
+                assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours, theirs)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_native_scans_propagate_nan_and_saturate_like_torch(cell: str) -> None:
+    args = [a.detach().float() for a in _args(cell, (6, 1, 8, 16), False)]
+    x = args[0].clone()
+    x[0, 0, 0, :] = float("inf")  # saturated gates are finite, as in torch
+    x[0, 0, 1, :] = -float("inf")
+    with torch.no_grad():
+        out = CELLS[cell][1](x, *args[1:])
+    h = out[0] if isinstance(out, tuple) else out
+    assert torch.isfinite(h).all()
+    h0 = args[-1].clone()
+    h0[0, 3, 2] = float("nan")  # a diverged state stays NaN (no -ffast-math)
+    states = args[:-1] + [h0] if cell == "gru" else args[:-2] + [h0, args[-1]]
+    with torch.no_grad():
+        out = CELLS[cell][1](*states)
+    h = out[0] if isinstance(out, tuple) else out
+    assert torch.isnan(h[-1, 0, 3]).all() and torch.isfinite(h[:, 0, :3]).all()
+
+
+def test_no_compiler_falls_back_to_torch(fresh_build: Path, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CC", str(fresh_build / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.native"):
+        assert native.kernels() is None
+    assert "native scan kernels unavailable" in caplog.text
+    assert not list(fresh_build.glob("*.so"))  # nothing half written
+    args = _args("gru", (5, 1, 4, 3), False)
+    ref_out, ref_grads = _run_ref("gru", args, (torch.ones(5, 1, 4, 3, dtype=torch.float64),))
+    out, grads = _run("gru", _float(args), (torch.ones(5, 1, 4, 3),))
+    assert max(_errors(out, ref_out)) < 1e-6 and max(_errors(grads, ref_grads)) < 1e-5
+
+
+def test_switch_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv(native.ENV_SWITCH, off)
+        assert not native.enabled() and native.kernels() is None
+    monkeypatch.setenv(native.ENV_SWITCH, "1")
+    assert native.enabled()
+    assert native.usable(torch.zeros(2, dtype=torch.float64)) is None  # float32 only
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_concurrent_builds_into_one_cache(tmp_path: Path) -> None:
+    """Ray workers of one node may all build at once: every one must load a whole library."""
+    code = ("import torch; from pipeline import native, fused_gated as fg; "
+            "assert native.kernels() is not None; x = torch.randn(3, 1, 2, 12); "
+            "h = fg.gru_scan(x, torch.randn(1, 4, 12), torch.zeros(1, 12), torch.zeros(1, 2, 4)); "
+            "assert torch.isfinite(h).all()")
+    env = {**os.environ, "WARMUP_SWEEP_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1
+    assert not [f for f in tmp_path.iterdir() if not f.name.startswith("kernels-")]
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_lstm_cell_native_equals_onednn_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LSTM cell's two CPU paths (native scan; oneDNN plus cell-state recovery) agree on every
+    step's (h, c) and on the gradients of all parameters, from a given state."""
+    torch.manual_seed(0)
+    cell = LSTM(3, 24)
+    x = torch.randn(30, 16, 3)
+    state = (0.5 * torch.randn(16, 24), 0.5 * torch.randn(16, 24))
+
+    def run() -> tuple[list[Tensor], tuple[Tensor, ...]]:
+        h, c = cell.forward_states(x, state)
+        y, (hT, cT) = cell(x, state)
+        loss = (h[::3] * 1.3).sum() + c[::4].sum() + y[-1].square().sum() + cT.sum()
+        return [h, c, y, hT], torch.autograd.grad(loss, list(cell.parameters()))
+
+    ours = run()
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    theirs = run()
+    assert max(_errors(ours[0], theirs[0])) < 2e-6
+    assert max(_errors(ours[1], theirs[1])) < 2e-5
