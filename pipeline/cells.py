@@ -172,12 +172,15 @@ class LSTM(Cell):
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
                      ) -> list[State]:
         rs = [c.rnn for c in cells]  # type: ignore[union-attr]
-        perm = fused_gated.lstm_gate_order(cells[0].hidden_size, xs[0].device)
+        if native.usable(xs[0]) is not None:  # the native kernels take torch's gate order
+            order, perm = "ifgo", slice(None)
+        else:
+            order, perm = "oifg", fused_gated.lstm_gate_order(cells[0].hidden_size, xs[0].device)
         X = _stack_projections([(x, r.weight_ih_l0[perm], (r.bias_ih_l0 + r.bias_hh_l0)[perm])
                                 for x, r in zip(xs, rs, strict=True)])
         hs, cs = fused_gated.lstm_scan(X, torch.stack([r.weight_hh_l0[perm].T for r in rs]),
                                        torch.stack([s[0] for s in states]),
-                                       torch.stack([s[1] for s in states]))
+                                       torch.stack([s[1] for s in states]), order=order)
         return [(hs[:, g], cs[:, g]) for g in range(len(cells))]
 
 

@@ -7,15 +7,22 @@ one ``torch.autograd.Function`` with a hand-written backward, for G independent 
 width at once ("groups": the layers of a network during the warm-up's stabilisation, or stacked
 seed replicas), one batched matmul a step:
 
-- GRU, 6 kernels a step forward, 3 backward;
+- GRU, 5 kernels a step forward, 3 backward;
 - LSTM, 7 kernels a step forward, 5 backward, and every step's cell state as a second output.
 
 Everything that does not have to be sequential (gate derivatives, weight and bias gradients) is
 computed for all steps at once outside the loops. Shapes: inputs ``(T, G, B, kH)`` (input
 projections of all steps, computed by the caller in one matmul; may be expanded over time and
 batch), recurrent weights ``(G, H, kH)`` applied as ``h @ W``, states ``(G, B, H)``. The gate order
-is torch's for the GRU (r, z, n) and ``(o, i, f, g)`` for the LSTM (the caller permutes torch's
-i, f, g, o rows; see :func:`lstm_gate_order`). No host synchronisation happens in any loop.
+is torch's for the GRU (r, z, n); for the LSTM it is ``(o, i, f, g)`` in the torch code (one
+sigmoid over three adjacent blocks; callers permute torch's i, f, g, o rows, see
+:func:`lstm_gate_order`) and torch's own in the native kernels (``lstm_scan(order=...)``). No
+host synchronisation happens in any loop.
+
+On a CPU, for float32, both scans run as one call of the native kernels instead
+(:mod:`pipeline.native`, ``pipeline/kernels.c``): the whole time loop in C, matmuls included, the
+rows split into lanes over torch's threads. The torch code stays the definition they are tested
+against, and what runs on GPUs and where the kernels cannot be built.
 
 Plain autograd loops (``*_scan_reference``) define what each scan must compute.
 """
@@ -404,30 +411,45 @@ class _LSTMScan(torch.autograd.Function):
         return dP, dw, GH[0], GC[0]
 
 
-def lstm_scan(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, *, final_only: bool = False
-              ) -> tuple[Tensor, Tensor]:
+def lstm_scan(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, *, final_only: bool = False,
+              order: str = "oifg") -> tuple[Tensor, Tensor]:
     """Fused LSTM recurrence of G cells over a whole sequence, with a hand-written backward.
 
     Args:
-        x: input projections with both biases, (T, G, B, 4H), gate order o, i, f, g (see
-            :func:`lstm_gate_order`); may be expanded (e.g. a constant input).
+        x: input projections with both biases, (T, G, B, 4H), gates in ``order``; may be expanded
+            (e.g. a constant input).
         w: recurrent weights, (G, H, 4H), applied as ``h @ w``, same gate order.
         h0: initial hidden state, (G, B, H).
         c0: initial cell state, (G, B, H).
         final_only: return only the last states, (G, B, H) each; without a graph this keeps no
             per-step buffers.
+        order: the gate blocks' order, ``"oifg"`` (the torch code's own, see
+            :func:`lstm_gate_order`) or ``"ifgo"`` (torch's parameters', the native kernels' own).
+            Either is accepted everywhere; the other one costs a reordering of x and w.
 
     Returns:
         Every step's hidden and cell states, (T, G, B, H) each, or the last ones. Gradients flow
         to all four inputs, from both outputs.
     """
+    if order not in _GATE_SOURCES:
+        raise ValueError(f"lstm_scan: order must be 'oifg' or 'ifgo' but got {order!r}.")
     _check("lstm_scan", x, w, (h0, c0), 4)
+    own = "ifgo" if native.usable(x, w, h0, c0) is not None else "oifg"
+    if order != own:  # block k of the own order is block _GATE_SOURCES[order][k] of the given one
+        H = h0.size(-1)
+        perm = torch.cat([torch.arange(k * H, (k + 1) * H, device=x.device) for k in _GATE_SOURCES[order]])
+        x, w = x[..., perm], w[..., perm]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, h0, c0)):
         hs, cs = _LSTMScan.apply(x, w, h0, c0)
     else:
         with torch.no_grad():
             hs, cs = _lstm_forward(x, w, h0, c0, keep=False, all_states=not final_only)[:2]
     return (hs[-1], cs[-1]) if final_only else (hs, cs)
+
+
+_GATE_SOURCES = {"oifg": (1, 2, 3, 0), "ifgo": (3, 0, 1, 2)}
+"""For a given order, where each block of the other order lies in it (o, i, f, g from i, f, g, o;
+i, f, g, o from o, i, f, g)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -122,27 +122,28 @@ static void for_groups(group_fn fn, const void *arg, long G, long threads) {
 }
 
 /* ---------------------------------------------------------------------------------------
- * LSTM, gate order (o, i, f, g); p rows are 4H wide, state rows H wide.
+ * LSTM, torch's gate order (i, f, g, o); p rows are 4H wide, state rows H wide.
  * ------------------------------------------------------------------------------------- */
 
 /* Forward step: p holds the pre-activations x_t + h_{t-1} w and is activated in place;
  * c = f cp + i g, tc = tanh(c), h = o tc. c may be cp (in place). */
 static void lstm_fwd(long rows, long H, float *restrict p, const float *cp, float *c, float *restrict tc,
-              float *restrict h) {
+                     float *restrict h) {
     for (long b = 0; b < rows; b++) {
         float *restrict q = p + b * 4 * H;
-        for (long j = 0; j < 3 * H; j++) q[j] = fsig(q[j]);
-        for (long j = 3 * H; j < 4 * H; j++) q[j] = ftanh(q[j]);
+        for (long j = 0; j < 2 * H; j++) q[j] = fsig(q[j]);
+        for (long j = 2 * H; j < 3 * H; j++) q[j] = ftanh(q[j]);
+        for (long j = 3 * H; j < 4 * H; j++) q[j] = fsig(q[j]);
         const float *cpb = cp + b * H;
         float *cb = c + b * H;
         float *restrict tb = tc + b * H;
         float *restrict hb = h + b * H;
         for (long j = 0; j < H; j++) {
-            float cc = q[2 * H + j] * cpb[j] + q[H + j] * q[3 * H + j];
+            float cc = q[H + j] * cpb[j] + q[j] * q[2 * H + j];
             float t = ftanh(cc);
             cb[j] = cc;
             tb[j] = t;
-            hb[j] = q[j] * t;
+            hb[j] = q[3 * H + j] * t;
         }
     }
 }
@@ -151,22 +152,22 @@ static void lstm_fwd(long rows, long H, float *restrict p, const float *cp, floa
  * cp = c_{t-1}, gh = dL/dh_t and gcn = dL/dc_t (totals from later steps and outputs),
  * gc = dL/dc_{t-1} so far (the incoming gradient of the previous output), accumulated into:
  *   dc = gcn + gh o (1 - tc^2)
- *   dp = [gh tc o (1 - o), dc g i (1 - i), dc cp f (1 - f), dc i (1 - g^2)]
+ *   dp = [dc g i (1 - i), dc cp f (1 - f), dc i (1 - g^2), gh tc o (1 - o)]
  *   gc += dc f
  * dL/dh_{t-1} += dp w^T is the caller's matmul. */
 static void lstm_bwd(long rows, long H, float *restrict p, const float *restrict tc, const float *restrict cp,
-              const float *restrict gh, const float *restrict gcn, float *restrict gc) {
+                     const float *restrict gh, const float *restrict gcn, float *restrict gc) {
     for (long b = 0; b < rows; b++) {
         float *restrict q = p + b * 4 * H;
         const long s = b * H;
         for (long j = 0; j < H; j++) {
-            float o = q[j], i = q[H + j], f = q[2 * H + j], g = q[3 * H + j];
+            float i = q[j], f = q[H + j], g = q[2 * H + j], o = q[3 * H + j];
             float t = tc[s + j], dh = gh[s + j];
             float dc = gcn[s + j] + dh * o * (1.0f - t * t);
-            q[j] = dh * t * o * (1.0f - o);
-            q[H + j] = dc * g * i * (1.0f - i);
-            q[2 * H + j] = dc * cp[s + j] * f * (1.0f - f);
-            q[3 * H + j] = dc * i * (1.0f - g * g);
+            q[j] = dc * g * i * (1.0f - i);
+            q[H + j] = dc * cp[s + j] * f * (1.0f - f);
+            q[2 * H + j] = dc * i * (1.0f - g * g);
+            q[3 * H + j] = dh * t * o * (1.0f - o);
             gc[s + j] += dc * f;
         }
     }

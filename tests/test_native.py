@@ -206,3 +206,20 @@ def test_lstm_cell_native_equals_onednn_path(monkeypatch: pytest.MonkeyPatch) ->
     theirs = run()
     assert max(_errors(ours[0], theirs[0])) < 2e-6
     assert max(_errors(ours[1], theirs[1])) < 2e-5
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_lstm_gate_orders_agree(switch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lstm_scan(order=...)``: torch's (i, f, g, o) blocks and the torch code's (o, i, f, g) give
+    the same states and gradients, with the native kernels (which take i, f, g, o) and without."""
+    monkeypatch.setenv(native.ENV_SWITCH, switch)
+    x, w, h0, c0 = _float(_args("lstm", (8, 2, 12, 16), False, seed=7))
+    perm = fg.lstm_gate_order(16, x.device)  # ifgo -> oifg
+    gos = (torch.randn(8, 2, 12, 16), torch.randn(8, 2, 12, 16))
+    a = fg.lstm_scan(x, w, h0, c0, order="ifgo")
+    b = fg.lstm_scan(x[..., perm], w[..., perm], h0, c0, order="oifg")
+    assert max(_errors(a, b)) < 1e-6
+    leaves = (x, w, h0, c0)
+    assert max(_errors(torch.autograd.grad(a, leaves, gos), torch.autograd.grad(b, leaves, gos))) < 1e-5
+    with pytest.raises(ValueError, match="order"):
+        fg.lstm_scan(x, w, h0, c0, order="gifo")
