@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from pipeline import native
+
 __all__ = [
     "brc_scan",
     "brc_scan_reference",
@@ -157,6 +159,11 @@ def _tanh_scaled_(z: Tensor, scale: float, minus_one: Tensor) -> Tensor:
     if scale == 1.0:
         return z.tanh_()
     return torch.add(minus_one, z.sigmoid_(), alpha=2.0, out=z)
+
+
+def _row_major(x: Tensor) -> Tensor:
+    """x itself when its rows are contiguous (any strides over the other dims), else a copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _steps(x: Tensor, T: int) -> list[Tensor]:
@@ -338,6 +345,9 @@ def _brc_forward(
     S holds c = sig(zc), a/2 = sig(2 za) and n = tanh(zh) of every step when ``keep``; without a
     graph one step of scratch is reused unless the inputs already had to be copied.
     """
+    lib = native.usable(xc, xa, xh, wc, wa, h0)
+    if lib is not None:
+        return _brc_forward_native(lib, xc, xa, xh, wc, wa, h0, keep, all_states)
     T, B, H = xh.shape
     k = _tanh_scale(xh)
     X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=1)  # (T, 3, B, H) [xc, 2 xa, k xh]
@@ -357,6 +367,25 @@ def _brc_forward(
         _tanh_scaled_(n, k, minus_one)
         torch.lerp(n, h, c, out=h_t)  # c h + (1 - c) n
         h = h_t
+    return hs, S
+
+
+def _brc_forward_native(lib, xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor,
+                        keep: bool, all_states: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_brc_forward` as one native call (``brc_fwd_scan``: the whole time loop, rows split
+    into lanes over torch's threads); the inputs are read in place, expanded or not. S is
+    (T, 3, B, H) when ``keep``, else empty (nothing per step is stored)."""
+    T, B, H = xh.shape
+    S = xh.new_empty((T, 3, B, H) if keep else (0,))
+    slots = T if all_states else min(T, 2)
+    hs = xh.new_empty((slots, B, H))
+    xs = [_row_major(v) for v in (xc, xa, xh)]
+    wc, wa = wc.contiguous(), wa.contiguous()
+    native.call(lib, "brc_fwd_scan", T, B, H, *(a for v in xs for a in (v, v.stride(0), v.stride(1))),
+                wc, wa, 0 if wc.dim() == 1 else H, h0.contiguous(), S if keep else None, int(keep), hs, slots)
+    if not all_states:
+        last = (T - 1) % slots
+        hs = hs[last:last + 1]
     return hs, S
 
 
@@ -381,7 +410,14 @@ class _BRCScan(torch.autograd.Function):
         # Every k is computed in place over the saved buffers: c -> k4, s -> k3, n -> k1.
         wc, wa, h0, hs, S = ctx.saved_tensors
         (S,) = _own(S)
-        T = hs.size(0)
+        lib = native.usable(S, hs, wc)
+        if lib is not None and S.is_contiguous() and hs.is_contiguous():  # one native call
+            G, T, B, H = _grad_buffer(go), *hs.shape
+            gwc, gwa = torch.zeros_like(wc), torch.zeros_like(wa)
+            native.call(lib, "brc_bwd_scan", T, B, H, S, hs, h0.contiguous(), wc.contiguous(),
+                        wa.contiguous(), 0 if wc.dim() == 1 else H, G, gwc, gwa)
+            need = ctx.needs_input_grad
+            return S[:, 0], S[:, 1], S[:, 2], gwc if need[3] else None, gwa if need[4] else None, G[0]
         c, s, N = S[:, 0], S[:, 1], S[:, 2]  # (T, B, H) each
         k1 = N
         k2 = _prev_states(h0, hs).sub_(N)  # (T, B, H)
@@ -392,7 +428,7 @@ class _BRCScan(torch.autograd.Function):
         k4.addcmul_(k3, wa)
         G = _grad_buffer(go)  # (T+1, B, H); G[t+1] = total dL/dhs[t], G[0] = dL/dh0
         g_v, k4_v = G.unbind(0), k4.unbind(0)
-        for t in range(T - 1, -1, -1):  # g_t += k4_t * g_{t+1}
+        for t in range(hs.size(0) - 1, -1, -1):  # g_t += k4_t * g_{t+1}
             g_v[t].addcmul_(k4_v[t], g_v[t + 1])
         g = G[1:]
         dzc, dza, dzh = k2.mul_(g), k3.mul_(g), k1.mul_(g)

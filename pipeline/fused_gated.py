@@ -42,6 +42,7 @@ from pipeline.fused import (
     _one_thread,
     _own,
     _prev_states,
+    _row_major,
     _steps,
     _tanh_scale,
     _tanh_scaled_,
@@ -350,11 +351,6 @@ def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep
         last = (T - 1) % slots
         hs, cs = hs[last:last + 1], cs[last:last + 1]
     return hs, cs, P, TC
-
-
-def _row_major(x: Tensor) -> Tensor:
-    """x itself when its rows are contiguous (any strides over time, groups and batch), else a copy."""
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 class _LSTMScan(torch.autograd.Function):

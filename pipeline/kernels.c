@@ -416,3 +416,137 @@ long gru_bwd_scan(long T, long G, long B, long H, float *A, const float *RZ, flo
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------
+ * BRC: c = sig(zc), zc = xc + wc h; a = 1 + tanh(za) = 2 sig(2 za), za = xa + wa h;
+ * h' = c h + (1 - c) n, n = tanh(xh + a h). Element-wise: every (row, unit) is its own scan, so
+ * the rows split into lanes freely. Inputs (T, B, H) with their own time and row strides (0 when
+ * expanded); weights (H,) shared (wb = 0) or one row per batch row (wb = H).
+ * ------------------------------------------------------------------------------------- */
+
+struct brc {
+    long T, B, H, keep, slots, split;
+    const float *xc, *xa, *xh;
+    long xct, xcb, xat, xab, xht, xhb;
+    const float *wc, *wa, *h0;
+    long wb;
+    float *S, *hs;
+};
+
+/* One row of one step; the gates are stored (c, a / 2, n at sc, sc + BH, sc + 2 BH) unless sc is NULL. */
+static void brc_row(long H, long BH, const float *restrict xc, const float *restrict xa, const float *restrict xh,
+                    const float *restrict wc, const float *restrict wa, const float *restrict hp,
+                    float *restrict h, float *restrict sc) {
+    if (sc) {
+        float *restrict ss = sc + BH, *restrict sn = sc + 2 * BH;
+        for (long j = 0; j < H; j++) {
+            float hj = hp[j];
+            float c = fsig(xc[j] + wc[j] * hj);
+            float sa = fsig(2.0f * (xa[j] + wa[j] * hj));
+            float n = ftanh(xh[j] + 2.0f * sa * hj);
+            h[j] = n + c * (hj - n);
+            sc[j] = c;
+            ss[j] = sa;
+            sn[j] = n;
+        }
+    } else {
+        for (long j = 0; j < H; j++) {
+            float hj = hp[j];
+            float c = fsig(xc[j] + wc[j] * hj);
+            float n = ftanh(xh[j] + 2.0f * fsig(2.0f * (xa[j] + wa[j] * hj)) * hj);
+            h[j] = n + c * (hj - n);
+        }
+    }
+}
+
+static void brc_fwd_lane(const void *arg, long lane) {
+    const struct brc *a = arg;
+    const long per = (a->B + a->split - 1) / a->split, b0 = lane * per;
+    const long b1 = b0 + per < a->B ? b0 + per : a->B, H = a->H, BH = a->B * H;
+    for (long t = 0; t < a->T; t++) {
+        const long k = a->keep ? t : 0, s = t % a->slots;
+        float *S = a->S ? a->S + k * 3 * BH : NULL;
+        for (long b = b0; b < b1; b++) {
+            const float *hp = t ? a->hs + ((t - 1) % a->slots) * BH + b * H : a->h0 + b * H;
+            brc_row(H, BH, a->xc + t * a->xct + b * a->xcb, a->xa + t * a->xat + b * a->xab,
+                    a->xh + t * a->xht + b * a->xhb, a->wc + b * a->wb, a->wa + b * a->wb, hp,
+                    a->hs + s * BH + b * H, S ? S + b * H : NULL);
+        }
+    }
+}
+
+/* S (steps, 3, B, H) = [c, a / 2, n] of every step when keep, else NULL; hs (slots, B, H). */
+void brc_fwd_scan(long T, long B, long H, const float *xc, long xct, long xcb, const float *xa, long xat,
+                  long xab, const float *xh, long xht, long xhb, const float *wc, const float *wa, long wb,
+                  const float *h0, float *S, long keep, float *hs, long slots, long threads) {
+    struct brc a = {.T = T, .B = B, .H = H, .keep = keep, .slots = slots, .xc = xc, .xa = xa, .xh = xh,
+                    .xct = xct, .xcb = xcb, .xat = xat, .xab = xab, .xht = xht, .xhb = xhb, .wc = wc,
+                    .wa = wa, .h0 = h0, .wb = wb, .S = S, .hs = hs};
+    long split = threads < B ? threads : B;
+    a.split = split > 1 ? split : 1;
+    for_groups(brc_fwd_lane, &a, a.split, threads);
+}
+
+/* Backward of one row of one step: the gates' buffers (c, a / 2, n) become dL/d(zc, za, zh);
+ * gp (dL/dh_{t-1}, holding the previous output's incoming gradient) += k4 g, with g = dL/dh_t:
+ *   k1 = (1 - n^2)(1 - c), k2 = (hp - n) c (1 - c), k3 = 4 s (1 - s) k1 hp   (s = a / 2)
+ *   dzh = g k1, dzc = g k2, dza = g k3, k4 = c + 2 s k1 + wc k2 + wa k3
+ * and the weights' gradients accumulate dzc hp and dza hp. */
+static void brc_bwd_row(long H, long BH, float *restrict sc, const float *restrict hp, const float *restrict wc,
+                        const float *restrict wa, const float *restrict g, float *restrict gp,
+                        float *restrict gwc, float *restrict gwa) {
+    float *restrict ss = sc + BH, *restrict sn = sc + 2 * BH;
+    for (long j = 0; j < H; j++) {
+        float c = sc[j], sa = ss[j], n = sn[j], h = hp[j], gj = g[j];
+        float k1 = (1.0f - n * n) * (1.0f - c);
+        float k2 = (h - n) * c * (1.0f - c);
+        float k3 = 4.0f * sa * (1.0f - sa) * k1 * h;
+        gp[j] += (c + 2.0f * sa * k1 + wc[j] * k2 + wa[j] * k3) * gj;
+        float dzc = gj * k2, dza = gj * k3;
+        sc[j] = dzc;
+        ss[j] = dza;
+        sn[j] = gj * k1;
+        gwc[j] += dzc * h;
+        gwa[j] += dza * h;
+    }
+}
+
+struct brc_bwd { struct brc f; float *G, *gwc, *gwa, *scratch; };
+
+static void brc_bwd_lane(const void *arg, long lane) {
+    const struct brc_bwd *l = arg;
+    const struct brc *a = &l->f;
+    const long per = (a->B + a->split - 1) / a->split, b0 = lane * per;
+    const long b1 = b0 + per < a->B ? b0 + per : a->B, H = a->H, BH = a->B * H;
+    /* shared weights: this lane's own partial sums; per-row weights: the rows' own gradients */
+    float *gwc = a->wb ? l->gwc : l->scratch + lane * 2 * H, *gwa = a->wb ? l->gwa : gwc + H;
+    for (long t = a->T - 1; t >= 0; t--)
+        for (long b = b0; b < b1; b++) {
+            const float *hp = t ? a->hs + (t - 1) * BH + b * H : a->h0 + b * H;
+            const long w = b * a->wb;
+            brc_bwd_row(H, BH, a->S + t * 3 * BH + b * H, hp, a->wc + w, a->wa + w, l->G + (t + 1) * BH + b * H,
+                        l->G + t * BH + b * H, gwc + w, gwa + w);
+        }
+}
+
+/* S (T, 3, B, H) as brc_fwd_scan kept it (becomes the inputs' gradients), hs (T, B, H), G (T + 1, B, H)
+ * the incoming gradients (index t + 1 for step t; index 0 receives h0's), gwc/gwa zeroed by the
+ * caller, shaped as the weights. Returns 0, or -1 if scratch memory is short. */
+long brc_bwd_scan(long T, long B, long H, float *S, const float *hs, const float *h0, const float *wc,
+                  const float *wa, long wb, float *G, float *gwc, float *gwa, long threads) {
+    struct brc_bwd l = {{.T = T, .B = B, .H = H, .keep = 1, .slots = T, .wc = wc, .wa = wa, .h0 = h0,
+                         .wb = wb, .S = S, .hs = (float *)hs}, G, gwc, gwa, NULL};
+    long split = threads < B ? threads : B;
+    l.f.split = split > 1 ? split : 1;
+    if (!wb && !(l.scratch = calloc(l.f.split * 2 * H, sizeof(float)))) return -1;
+    for_groups(brc_bwd_lane, &l, l.f.split, threads);
+    if (l.scratch) {
+        for (long lane = 0; lane < l.f.split; lane++)
+            for (long j = 0; j < H; j++) {
+                gwc[j] += l.scratch[lane * 2 * H + j];
+                gwa[j] += l.scratch[lane * 2 * H + H + j];
+            }
+        free(l.scratch);
+    }
+    return 0;
+}

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from pipeline import fused, native
 from pipeline import fused_gated as fg
-from pipeline import native
 from pipeline.cells import LSTM
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang")) or bool(os.environ.get("CC"))
@@ -223,3 +223,44 @@ def test_lstm_gate_orders_agree(switch: str, monkeypatch: pytest.MonkeyPatch) ->
     assert max(_errors(torch.autograd.grad(a, leaves, gos), torch.autograd.grad(b, leaves, gos))) < 1e-5
     with pytest.raises(ValueError, match="order"):
         fg.lstm_scan(x, w, h0, c0, order="gifo")
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("const", [False, True])
+@pytest.mark.parametrize("shape", [(9, 5, 3), (12, 32, 16), (1, 4, 7), (40, 300, 8)])
+def test_native_brc_is_as_accurate_as_the_torch_code(shape: tuple[int, int, int], const: bool, per_row: bool,
+                                                     threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for the gated scans: the native BRC forward (and the native backward recurrence of its
+    state gradient) against the float64 loop, relative to the float32 torch code; per-row
+    weights are the grouped cells side by side; the last shape splits the recurrence into lanes."""
+    T, B, H = shape
+    gen = torch.Generator().manual_seed(11)
+
+    def r(*s: int, scale: float = 1.0) -> Tensor:
+        return scale * torch.randn(*s, generator=gen, dtype=torch.float64)
+
+    xs = [r(1, B, H).expand(T, -1, -1) if const else r(T, B, H) for _ in range(3)]
+    w = [r(B, H) if per_row else r(H) for _ in range(2)]
+    args = [t.requires_grad_() for t in [*xs, *w, r(B, H, scale=0.5)]]
+    go = r(T, B, H)
+    ref = fused.brc_scan_reference(*args)
+    ref_grads = torch.autograd.grad(ref, args, go)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        errs = {}
+        for switch in ("1", "0"):
+            monkeypatch.setenv(native.ENV_SWITCH, switch)
+            ours = _float(args)
+            out = fused.brc_scan(*ours)
+            grads = torch.autograd.grad(out, ours, go.float())
+            with torch.no_grad():
+                final = fused.brc_scan(*[a.detach() for a in ours], final_only=True)
+            errs[switch] = (_errors([out, final], [ref, ref[-1]]), _errors(grads, ref_grads))
+    finally:
+        torch.set_num_threads(old)
+    for (ours_e, theirs_e), bound in zip(zip(errs["1"], errs["0"], strict=True), (1e-5, 1e-4), strict=True):
+        for e_n, e_t in zip(ours_e, theirs_e, strict=True):
+            assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours_e, theirs_e)
