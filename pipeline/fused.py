@@ -490,6 +490,9 @@ def _nbrc_forward(
     all_states: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Forward without a graph; returns hs (T, B, H) and S (T|1, B, 3, H) = [c, a/2, n]."""
+    lib = native.usable(xc, xa, xh, Wc, Wa, h0)
+    if lib is not None:
+        return _nbrc_forward_native(lib, xc, xa, xh, Wc, Wa, h0, keep, all_states)
     T, B, H = xh.shape
     k = _tanh_scale(xh)
     X, owned = _gather([xc, xa, xh], [1.0, 2.0, k], dim=2)  # (T, B, 3, H) [xc, 2 xa, k xh]
@@ -514,6 +517,24 @@ def _nbrc_forward(
     return hs, S
 
 
+def _nbrc_forward_native(lib, xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor,
+                         keep: bool, all_states: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_nbrc_forward` as one native call (``nbrc_fwd_scan``; see :func:`_brc_forward_native`)."""
+    T, B, H = xh.shape
+    S = xh.new_empty((T if keep else 1, B, 3, H))
+    slots = T if all_states else min(T, 2)
+    hs = xh.new_empty((slots, B, H))
+    xs = [_row_major(v) for v in (xc, xa, xh)]
+    W2t = torch.cat([Wc, Wa], dim=-2).transpose(-1, -2).contiguous()  # (H, 2H), or (G, H, 2H)
+    strided = [a for v in xs for a in (v, v.stride(0), v.stride(1))]
+    native.call(lib, "nbrc_fwd_scan", T, B, H, max(_groups(Wc), 1), *strided, W2t, h0.contiguous(), S,
+                int(keep), hs, slots)
+    if not all_states:
+        last = (T - 1) % slots
+        hs = hs[last:last + 1]
+    return hs, S
+
+
 class _NBRCScan(torch.autograd.Function):
     """nBRC scan; the backward overwrites its saved buffers unless the graph is kept."""
 
@@ -533,6 +554,15 @@ class _NBRCScan(torch.autograd.Function):
         Wc, Wa, h0, hs, S = ctx.saved_tensors
         (S,) = _own(S)
         T, B, H = hs.shape
+        need = ctx.needs_input_grad
+        lib = native.usable(S, hs, Wc)
+        if lib is not None and S.is_contiguous() and hs.is_contiguous():  # one native call
+            G, W2 = _grad_buffer(go), torch.cat([Wc, Wa], dim=-2).contiguous()  # (2H, H), or (G, 2H, H)
+            gW = torch.zeros_like(W2) if need[3] or need[4] else None
+            native.call(lib, "nbrc_bwd_scan", T, B, H, max(_groups(Wc), 1), S, hs, h0.contiguous(), W2, G, gW)
+            gWc, gWa = (None, None) if gW is None else (gW[..., :H, :], gW[..., H:, :])
+            return (S[:, :, 0], S[:, :, 1], S[:, :, 2], gWc if need[3] else None, gWa if need[4] else None,
+                    G[0])
         c, s, k1 = S[:, :, 0], S[:, :, 1], S[:, :, 2]  # (T, B, H) each
         hp = _prev_states(h0, hs)  # (T, B, H)
         X = hp - k1
@@ -551,7 +581,6 @@ class _NBRCScan(torch.autograd.Function):
             for t in range(T - 1, -1, -1):
                 k_v[t].mul_(gu_v[t + 1])  # K_t -> [dzc, dza]_t, (B, 2, H)
                 _addmm_(g_v[t].addcmul_(k4_v[t], g_v[t + 1]), dz_v[t], W2)
-        need = ctx.needs_input_grad
         gWc = gWa = None
         if need[3] or need[4]:
             gW = _gram_prev(K.flatten(2), h0, hs, _groups(Wc))  # (2H, H), or (G, 2H, H)

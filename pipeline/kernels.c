@@ -155,21 +155,26 @@ static void lstm_fwd(long rows, long H, float *restrict p, const float *cp, floa
  *   dp = [dc g i (1 - i), dc cp f (1 - f), dc i (1 - g^2), gh tc o (1 - o)]
  *   gc += dc f
  * dL/dh_{t-1} += dp w^T is the caller's matmul. */
-static void lstm_bwd(long rows, long H, float *restrict p, const float *restrict tc, const float *restrict cp,
-                     const float *restrict gh, const float *restrict gcn, float *restrict gc) {
+static void lstm_bwd_row(long H, float *restrict qi, float *restrict qf, float *restrict qg, float *restrict qo,
+                         const float *restrict tc, const float *restrict cp, const float *restrict gh,
+                         const float *restrict gcn, float *restrict gc) {
+    for (long j = 0; j < H; j++) {
+        float i = qi[j], f = qf[j], g = qg[j], o = qo[j], t = tc[j], dh = gh[j];
+        float dc = gcn[j] + dh * o * (1.0f - t * t);
+        qi[j] = dc * g * i * (1.0f - i);
+        qf[j] = dc * cp[j] * f * (1.0f - f);
+        qg[j] = dc * i * (1.0f - g * g);
+        qo[j] = dh * t * o * (1.0f - o);
+        gc[j] += dc * f;
+    }
+}
+
+static void lstm_bwd(long rows, long H, float *p, const float *tc, const float *cp, const float *gh,
+                     const float *gcn, float *gc) {
     for (long b = 0; b < rows; b++) {
-        float *restrict q = p + b * 4 * H;
+        float *q = p + b * 4 * H;
         const long s = b * H;
-        for (long j = 0; j < H; j++) {
-            float i = q[j], f = q[H + j], g = q[2 * H + j], o = q[3 * H + j];
-            float t = tc[s + j], dh = gh[s + j];
-            float dc = gcn[s + j] + dh * o * (1.0f - t * t);
-            q[j] = dc * g * i * (1.0f - i);
-            q[H + j] = dc * cp[s + j] * f * (1.0f - f);
-            q[2 * H + j] = dc * i * (1.0f - g * g);
-            q[3 * H + j] = dh * t * o * (1.0f - o);
-            gc[s + j] += dc * f;
-        }
+        lstm_bwd_row(H, q, q + H, q + 2 * H, q + 3 * H, tc + s, cp + s, gh + s, gcn + s, gc + s);
     }
 }
 
@@ -217,22 +222,27 @@ static void gru_fwd(long G, long B, long H, const float *restrict x, long xg, lo
  *   n  <- dL/dx_n = gh kn
  *   gp += gh z                                  (gp = dL/dh_{t-1} so far)
  * dL/dh_{t-1} += dL/da w^T is the caller's matmul. */
-static void gru_bwd(long rows, long H, float *restrict a, const float *restrict rz, float *restrict n,
-             const float *restrict hp, const float *restrict gh, float *restrict gp) {
+static void gru_bwd_row(long H, float *restrict ar, float *restrict az, float *restrict an,
+                        const float *restrict r_, const float *restrict z_, float *restrict n_,
+                        const float *restrict hp, const float *restrict gh, float *restrict gp) {
+    for (long j = 0; j < H; j++) {
+        float r = r_[j], z = z_[j], nn = n_[j], g = gh[j];
+        float kn = (1.0f - z) * (1.0f - nn * nn) * g;
+        ar[j] = an[j] * kn * r * (1.0f - r);
+        az[j] = g * (hp[j] - nn) * z * (1.0f - z);
+        an[j] = kn * r;
+        n_[j] = kn;
+        gp[j] += g * z;
+    }
+}
+
+static void gru_bwd(long rows, long H, float *a, const float *rz, float *n, const float *hp, const float *gh,
+                    float *gp) {
     for (long row = 0; row < rows; row++) {
-        float *restrict ar = a + row * 3 * H;
-        const float *restrict rzr = rz + row * 2 * H;
-        float *restrict nr = n + row * H;
+        float *ar = a + row * 3 * H;
+        const float *rzr = rz + row * 2 * H;
         const long s = row * H;
-        for (long j = 0; j < H; j++) {
-            float r = rzr[j], z = rzr[H + j], nn = nr[j], g = gh[s + j];
-            float kn = (1.0f - z) * (1.0f - nn * nn) * g;
-            ar[j] = ar[2 * H + j] * kn * r * (1.0f - r);
-            ar[H + j] = g * (hp[s + j] - nn) * z * (1.0f - z);
-            ar[2 * H + j] = kn * r;
-            nr[j] = kn;
-            gp[s + j] += g * z;
-        }
+        gru_bwd_row(H, ar, ar + H, ar + 2 * H, rzr, rzr + H, n + s, hp + s, gh + s, gp + s);
     }
 }
 
@@ -305,6 +315,10 @@ void lstm_fwd_scan(long T, long G, long B, long H, const float *x, long xt, long
     for_groups(lstm_fwd_lane, &a, lanes, threads);
 }
 
+static void add_to(long n, float *restrict dst, const float *restrict src) {
+    for (long i = 0; i < n; i++) dst[i] += src[i];
+}
+
 static void finish_dw(const struct scan *a, const float *scratch, long width) {
     if (!a->dw || a->split == 1) return;
     const long n = a->H * width;
@@ -312,7 +326,7 @@ static void finish_dw(const struct scan *a, const float *scratch, long width) {
         for (long part = 0; part < a->split; part++) {
             const float *src = scratch + (g * a->split + part) * n;
             float *dst = a->dw + g * n;
-            for (long i = 0; i < n; i++) dst[i] += src[i];
+            add_to(n, dst, src);
         }
 }
 
@@ -547,6 +561,132 @@ long brc_bwd_scan(long T, long B, long H, float *S, const float *hs, const float
                 gwa[j] += l.scratch[lane * 2 * H + H + j];
             }
         free(l.scratch);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * nBRC: as BRC with wc h -> h Wc^T and wa h -> h Wa^T, one (rows x H) x (H x 2H) product a
+ * step. G groups of B/G consecutive rows, each with its own matrices (cells side by side).
+ * Gates per row: S (steps, B, 3, H) = [c, a / 2, n]; the product lands in the c and a blocks.
+ * ------------------------------------------------------------------------------------- */
+
+struct nbrc {
+    long T, B, H, G, keep, slots, split;
+    const float *xc, *xa, *xh;
+    long xct, xcb, xat, xab, xht, xhb;
+    const float *W, *h0, *hs_in; /* forward: W2t (G, H, 2H); backward: W2 (G, 2H, H) */
+    float *S, *hs, *Gr, *gw, *scratch;
+};
+
+/* lane -> rows [b0, b0 + nb) of group g */
+static inline void nbrc_rows(const struct nbrc *a, long lane, long *g, long *b0, long *nb) {
+    const long Bg = a->B / a->G, part = lane % a->split, per = (Bg + a->split - 1) / a->split;
+    *g = lane / a->split;
+    const long first = part * per;
+    *nb = first >= Bg ? 0 : (Bg - first < per ? Bg - first : per);
+    *b0 = *g * Bg + first;
+}
+
+/* One row of one step: qc, qs hold the recurrent products (h Wc^T, h Wa^T) and become c, a / 2;
+ * qn receives n. */
+static void nbrc_fwd_row(long H, const float *restrict xc, const float *restrict xa, const float *restrict xh,
+                         const float *restrict hp, float *restrict qc, float *restrict qs, float *restrict qn,
+                         float *restrict h) {
+    for (long j = 0; j < H; j++) {
+        float hj = hp[j];
+        float c = fsig(xc[j] + qc[j]);
+        float sa = fsig(2.0f * (xa[j] + qs[j]));
+        float n = ftanh(xh[j] + 2.0f * sa * hj);
+        h[j] = n + c * (hj - n);
+        qc[j] = c;
+        qs[j] = sa;
+        qn[j] = n;
+    }
+}
+
+/* Backward of one row of one step: c, a / 2, n become dL/d(zc, za, zh); gp += (c + 2 s k1) g. */
+static void nbrc_bwd_row(long H, float *restrict qc, float *restrict qs, float *restrict qn,
+                         const float *restrict hp, const float *restrict g, float *restrict gp) {
+    for (long j = 0; j < H; j++) {
+        float c = qc[j], sa = qs[j], n = qn[j], h = hp[j], gj = g[j];
+        float k1 = (1.0f - n * n) * (1.0f - c);
+        gp[j] += (c + 2.0f * sa * k1) * gj;
+        qc[j] = gj * (h - n) * c * (1.0f - c);
+        qs[j] = gj * 4.0f * sa * (1.0f - sa) * k1 * h;
+        qn[j] = gj * k1;
+    }
+}
+
+static void nbrc_fwd_lane(const void *arg, long lane) {
+    const struct nbrc *a = arg;
+    long g, b0, nb;
+    nbrc_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, BH = a->B * H;
+    for (long t = 0; t < a->T; t++) {
+        const long k = a->keep ? t : 0, s = t % a->slots;
+        float *S = a->S + (k * a->B + b0) * 3 * H;
+        const float *hp = t ? a->hs + ((t - 1) % a->slots) * BH + b0 * H : a->h0 + b0 * H;
+        float *h = a->hs + s * BH + b0 * H;
+        gemm(nb, 2 * H, H, hp, H, 1, a->W + g * H * 2 * H, 2 * H, S, 3 * H, 0);
+        for (long r = 0; r < nb; r++) {
+            const long b = b0 + r;
+            float *q = S + r * 3 * H;
+            nbrc_fwd_row(H, a->xc + t * a->xct + b * a->xcb, a->xa + t * a->xat + b * a->xab,
+                         a->xh + t * a->xht + b * a->xhb, hp + r * H, q, q + H, q + 2 * H, h + r * H);
+        }
+    }
+}
+
+/* S (steps, B, 3, H) gates (steps = T when keep, else 1: scratch); hs (slots, B, H); W2t (G, H, 2H). */
+void nbrc_fwd_scan(long T, long B, long H, long G, const float *xc, long xct, long xcb, const float *xa, long xat,
+                   long xab, const float *xh, long xht, long xhb, const float *W2t, const float *h0, float *S,
+                   long keep, float *hs, long slots, long threads) {
+    struct nbrc a = {.T = T, .B = B, .H = H, .G = G, .keep = keep, .slots = slots, .xc = xc, .xa = xa, .xh = xh,
+                     .xct = xct, .xcb = xcb, .xat = xat, .xab = xab, .xht = xht, .xhb = xhb, .W = W2t, .h0 = h0,
+                     .S = S, .hs = hs};
+    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    for_groups(nbrc_fwd_lane, &a, lanes, threads);
+}
+
+static void nbrc_bwd_lane(const void *arg, long lane) {
+    const struct nbrc *a = arg;
+    long g, b0, nb;
+    nbrc_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, BH = a->B * H;
+    const float *W2 = a->W + g * 2 * H * H;
+    float *gw = a->gw ? (a->split == 1 ? a->gw + g * 2 * H * H : a->scratch + lane * 2 * H * H) : NULL;
+    for (long t = a->T - 1; t >= 0; t--) {
+        float *S = a->S + (t * a->B + b0) * 3 * H;
+        const float *hp = t ? a->hs_in + (t - 1) * BH + b0 * H : a->h0 + b0 * H;
+        const float *gn = a->Gr + (t + 1) * BH + b0 * H;
+        float *gp = a->Gr + t * BH + b0 * H;
+        for (long r = 0; r < nb; r++) {
+            float *q = S + r * 3 * H;
+            nbrc_bwd_row(H, q, q + H, q + 2 * H, hp + r * H, gn + r * H, gp + r * H);
+        }
+        gemm(nb, H, 2 * H, S, 3 * H, 1, W2, H, gp, H, 1);             /* gp += [dzc, dza] [Wc; Wa] */
+        if (gw) gemm(2 * H, H, nb, S, 1, 3 * H, hp, H, gw, H, 1);     /* gW += [dzc, dza]^T hp */
+    }
+}
+
+/* S as kept by the forward (becomes dL/d(zc, za, zh)); G (T + 1, B, H) as for the other scans;
+ * W2 (G, 2H, H) = [Wc; Wa]; gw (G, 2H, H) zeroed by the caller, or NULL. Returns 0, or -1. */
+long nbrc_bwd_scan(long T, long B, long H, long G, float *S, const float *hs, const float *h0, const float *W2,
+                   float *Gr, float *gw, long threads) {
+    struct nbrc a = {.T = T, .B = B, .H = H, .G = G, .keep = 1, .slots = T, .W = W2, .h0 = h0, .hs_in = hs,
+                     .S = S, .Gr = Gr, .gw = gw};
+    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    if (gw && a.split > 1 && !(a.scratch = calloc(lanes * 2 * H * H, sizeof(float)))) return -1;
+    for_groups(nbrc_bwd_lane, &a, lanes, threads);
+    if (a.scratch) {
+        const long n = 2 * H * H;
+        for (long lane = 0; lane < lanes; lane++) {
+            float *dst = gw + (lane / a.split) * n;
+            const float *src = a.scratch + lane * n;
+            add_to(n, dst, src);
+        }
+        free(a.scratch);
     }
     return 0;
 }

