@@ -630,6 +630,9 @@ def _mgu_forward(
     xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, keep: bool, all_states: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward without a graph; returns hs, forget gates F, gated states R = F*h, candidates N."""
+    lib = native.usable(xf, xn, Uf, Un, h0)
+    if lib is not None:
+        return _mgu_forward_native(lib, xf, xn, Uf, Un, h0, keep, all_states)
     T, B, H = xf.shape
     k = _tanh_scale(xf)
     UfT, UnT = _t(Uf), _t(Un)
@@ -658,6 +661,23 @@ def _mgu_forward(
     return hs, F, R, N
 
 
+def _mgu_forward_native(lib, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, keep: bool,
+                        all_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_mgu_forward` as one native call (``mgu_fwd_scan``; see :func:`_brc_forward_native`)."""
+    T, B, H = xf.shape
+    F, R, N = (xf.new_empty((T if keep else 1, B, H)) for _ in range(3))
+    slots = T if all_states else min(T, 2)
+    hs = xf.new_empty((slots, B, H))
+    xf, xn = _row_major(xf), _row_major(xn)
+    UfT, UnT = (U.transpose(-1, -2).contiguous() for U in (Uf, Un))
+    native.call(lib, "mgu_fwd_scan", T, B, H, max(_groups(Uf), 1), xf, xf.stride(0), xf.stride(1), xn,
+                xn.stride(0), xn.stride(1), UfT, UnT, h0.contiguous(), F, R, N, int(keep), hs, slots)
+    if not all_states:
+        last = (T - 1) % slots
+        hs = hs[last:last + 1]
+    return hs, F, R, N
+
+
 class _MGUScan(torch.autograd.Function):
     """MGU scan; the backward overwrites its saved buffers unless the graph is kept."""
 
@@ -679,6 +699,14 @@ class _MGUScan(torch.autograd.Function):
         Uf, Un, h0, hs, F, R, N = ctx.saved_tensors
         F, R, N = _own(F, R, N)
         T, B, H = hs.shape
+        need = ctx.needs_input_grad
+        lib = native.usable(F, hs, Uf)
+        if lib is not None and all(t.is_contiguous() for t in (F, R, N, hs)):  # one native call
+            G, dzf = _grad_buffer(go), torch.empty_like(F)
+            gUf, gUn = (torch.zeros_like(Uf), torch.zeros_like(Un)) if need[2] or need[3] else (None, None)
+            native.call(lib, "mgu_bwd_scan", T, B, H, max(_groups(Uf), 1), F, R, N, hs, h0.contiguous(),
+                        Uf.contiguous(), Un.contiguous(), dzf, G, gUf, gUn)
+            return dzf, N, gUf if need[2] else None, gUn if need[3] else None, G[0]
         X = _times_one_minus_(N * F, F)  # ka + kb = n f (1 - f)
         _one_minus_square_(N).mul_(F)  # n -> kn
         _times_one_minus_(R, F)  # f hp -> kb
@@ -693,7 +721,6 @@ class _MGUScan(torch.autograd.Function):
                 _addmm(e, g, dzn, Un, beta=-1.0)  # dr - g
                 dzf = ka_v[t].mul_(g).addcmul_(e, kb_v[t])
                 _addmm_(g_v[t].add_(g).addcmul_(e, f_v[t]), dzf, Uf)
-        need = ctx.needs_input_grad
         gUf = _gram_prev(X, h0, hs, _groups(Uf)) if need[2] else None
         gUn = None
         if need[3]:

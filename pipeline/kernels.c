@@ -40,8 +40,16 @@ static inline float fexp(float x) {
 
 static inline float fsig(float x) { return 1.0f / (1.0f + fexp(-x)); }
 
-/* tanh(x) = 2 sig(2x) - 1: absolute error ~1e-7 near 0, exact limits +-1. */
-static inline float ftanh(float x) { return 2.0f / (1.0f + fexp(-2.0f * x)) - 1.0f; }
+/* tanh: Cephes' odd polynomial for |x| < 0.625 (relative accuracy near 0, where 2 sig(2x) - 1
+ * would lose it to cancellation), 2 sig(2x) - 1 elsewhere; both computed, one selected, so that
+ * the loops vectorise. Exact limits +-1; NaN propagates. */
+static inline float ftanh(float x) {
+    float z = x * x;
+    float p = ((((-5.70498872745E-3f * z + 2.06390887954E-2f) * z - 5.37397155531E-2f) * z + 1.33314422036E-1f) * z
+               - 3.33332819422E-1f) * z * x + x;
+    float q = 2.0f / (1.0f + fexp(-2.0f * x)) - 1.0f;
+    return (x < 0.625f && x > -0.625f) ? p : q;
+}
 
 /* ---------------------------------------------------------------------------------------
  * Small matrix products: C (m x n, row stride ldc) (+)= A (m x k, element (i, p) at
@@ -688,5 +696,150 @@ long nbrc_bwd_scan(long T, long B, long H, long G, float *S, const float *hs, co
         }
         free(a.scratch);
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * MGU: f = sig(xf + h Uf^T); n = tanh(xn + (f h) Un^T); h' = (1 - f) h + f n. Two dependent
+ * (rows x H) x (H x H) products a step. G groups of B/G consecutive rows, each with its own
+ * matrices. Buffers (steps, B, H): F = f, R = f h_{t-1}, N = n.
+ * ------------------------------------------------------------------------------------- */
+
+struct mgu {
+    long T, B, H, G, keep, slots, split;
+    const float *xf, *xn;
+    long xft, xfb, xnt, xnb;
+    const float *Uf, *Un, *h0; /* forward: transposed (G, H, H); backward: as they are */
+    float *F, *R, *N, *hs, *DZF, *Gr, *gUf, *gUn, *scratch, *E;
+};
+
+static inline void mgu_rows(const struct mgu *a, long lane, long *g, long *b0, long *nb) {
+    const long Bg = a->B / a->G, part = lane % a->split, per = (Bg + a->split - 1) / a->split;
+    *g = lane / a->split;
+    const long first = part * per;
+    *nb = first >= Bg ? 0 : (Bg - first < per ? Bg - first : per);
+    *b0 = *g * Bg + first;
+}
+
+static void mgu_gate_row(long H, const float *restrict xf, const float *restrict hp, float *restrict f,
+                         float *restrict r) {
+    for (long j = 0; j < H; j++) {
+        float fj = fsig(xf[j] + f[j]);
+        f[j] = fj;
+        r[j] = fj * hp[j];
+    }
+}
+
+static void mgu_out_row(long H, const float *restrict xn, const float *restrict hp, const float *restrict f,
+                        float *restrict n, float *restrict h) {
+    for (long j = 0; j < H; j++) {
+        float nj = ftanh(xn[j] + n[j]);
+        n[j] = nj;
+        h[j] = hp[j] + f[j] * (nj - hp[j]);
+    }
+}
+
+static void mgu_fwd_lane(const void *arg, long lane) {
+    const struct mgu *a = arg;
+    long g, b0, nb;
+    mgu_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, BH = a->B * H;
+    const float *UfT = a->Uf + g * H * H, *UnT = a->Un + g * H * H;
+    for (long t = 0; t < a->T; t++) {
+        const long k = a->keep ? t : 0, s = t % a->slots, o = k * BH + b0 * H;
+        const float *hp = t ? a->hs + ((t - 1) % a->slots) * BH + b0 * H : a->h0 + b0 * H;
+        float *h = a->hs + s * BH + b0 * H;
+        gemm(nb, H, H, hp, H, 1, UfT, H, a->F + o, H, 0);
+        for (long r = 0; r < nb; r++)
+            mgu_gate_row(H, a->xf + t * a->xft + (b0 + r) * a->xfb, hp + r * H, a->F + o + r * H, a->R + o + r * H);
+        gemm(nb, H, H, a->R + o, H, 1, UnT, H, a->N + o, H, 0);
+        for (long r = 0; r < nb; r++)
+            mgu_out_row(H, a->xn + t * a->xnt + (b0 + r) * a->xnb, hp + r * H, a->F + o + r * H, a->N + o + r * H,
+                        h + r * H);
+    }
+}
+
+/* F, R, N (steps, B, H) (steps = T when keep, else 1: scratch); hs (slots, B, H); UfT, UnT (G, H, H). */
+void mgu_fwd_scan(long T, long B, long H, long G, const float *xf, long xft, long xfb, const float *xn, long xnt,
+                  long xnb, const float *UfT, const float *UnT, const float *h0, float *F, float *R, float *N,
+                  long keep, float *hs, long slots, long threads) {
+    struct mgu a = {.T = T, .B = B, .H = H, .G = G, .keep = keep, .slots = slots, .xf = xf, .xn = xn, .xft = xft,
+                    .xfb = xfb, .xnt = xnt, .xnb = xnb, .Uf = UfT, .Un = UnT, .h0 = h0, .F = F, .R = R, .N = N,
+                    .hs = hs};
+    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    for_groups(mgu_fwd_lane, &a, lanes, threads);
+}
+
+/* dzn = g f (1 - n^2) (into n); then, with e = dr - g (dr = dzn Un, the caller's product, in e):
+ * dzf = g n f (1 - f) + e hp f (1 - f) (into dzf); gp += g + e f. */
+static void mgu_bwd_n_row(long H, const float *restrict f, float *restrict n, const float *restrict g) {
+    for (long j = 0; j < H; j++) n[j] = g[j] * f[j] * (1.0f - n[j] * n[j]);
+}
+
+static void mgu_bwd_f_row(long H, const float *restrict f, const float *restrict nn, const float *restrict hp,
+                          const float *restrict g, const float *restrict dr, float *restrict dzf,
+                          float *restrict gp) {
+    for (long j = 0; j < H; j++) {
+        float fj = f[j], gj = g[j], e = dr[j] - gj, d = fj * (1.0f - fj);
+        dzf[j] = gj * nn[j] * d + e * hp[j] * d;
+        gp[j] += gj + e * fj;
+    }
+}
+
+static void mgu_bwd_lane(const void *arg, long lane) {
+    const struct mgu *a = arg;
+    long g, b0, nb;
+    mgu_rows(a, lane, &g, &b0, &nb);
+    const long H = a->H, BH = a->B * H;
+    const float *Uf = a->Uf + g * H * H, *Un = a->Un + g * H * H;
+    float *gUf = NULL, *gUn = NULL;
+    if (a->gUf) {
+        gUf = a->split == 1 ? a->gUf + g * H * H : a->scratch + lane * 2 * H * H;
+        gUn = a->split == 1 ? a->gUn + g * H * H : gUf + H * H;
+    }
+    float *e = a->E + b0 * H, *nsave = a->E + BH + b0 * H; /* dr, and n of the step (overwritten by dzn) */
+    for (long t = a->T - 1; t >= 0; t--) {
+        const long o = t * BH + b0 * H;
+        const float *hp = t ? a->hs + (t - 1) * BH + b0 * H : a->h0 + b0 * H;
+        const float *gn = a->Gr + (t + 1) * BH + b0 * H;
+        float *gp = a->Gr + t * BH + b0 * H;
+        memcpy(nsave, a->N + o, nb * H * sizeof(float));
+        for (long r = 0; r < nb; r++) mgu_bwd_n_row(H, a->F + o + r * H, a->N + o + r * H, gn + r * H);
+        gemm(nb, H, H, a->N + o, H, 1, Un, H, e, H, 0); /* dr = dzn Un */
+        for (long r = 0; r < nb; r++)
+            mgu_bwd_f_row(H, a->F + o + r * H, nsave + r * H, hp + r * H, gn + r * H, e + r * H,
+                          a->DZF + o + r * H, gp + r * H);
+        gemm(nb, H, H, a->DZF + o, H, 1, Uf, H, gp, H, 1); /* gp += dzf Uf */
+        if (gUf) {
+            gemm(H, H, nb, a->DZF + o, 1, H, hp, H, gUf, H, 1);     /* gUf += dzf^T hp */
+            gemm(H, H, nb, a->N + o, 1, H, a->R + o, H, gUn, H, 1); /* gUn += dzn^T (f hp) */
+        }
+    }
+}
+
+/* F, R, N as the forward kept them (N becomes dL/dxn); DZF (T, B, H) receives dL/dxf; G (T + 1, B, H)
+ * as for the other scans; Uf, Un (G, H, H); gUf, gUn zeroed by the caller, or both NULL.
+ * Returns 0, or -1 if scratch memory is short. */
+long mgu_bwd_scan(long T, long B, long H, long G, float *F, float *R, float *N, const float *hs, const float *h0,
+                  const float *Uf, const float *Un, float *DZF, float *Gr, float *gUf, float *gUn, long threads) {
+    struct mgu a = {.T = T, .B = B, .H = H, .G = G, .keep = 1, .slots = T, .Uf = Uf, .Un = Un, .h0 = h0, .F = F,
+                    .R = R, .N = N, .hs = (float *)hs, .DZF = DZF, .Gr = Gr, .gUf = gUf, .gUn = gUn};
+    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    if (!(a.E = malloc(2 * B * H * sizeof(float)))) return -1;
+    if (gUf && a.split > 1 && !(a.scratch = calloc(lanes * 2 * H * H, sizeof(float)))) {
+        free(a.E);
+        return -1;
+    }
+    for_groups(mgu_bwd_lane, &a, lanes, threads);
+    if (a.scratch) {
+        const long n = H * H;
+        for (long lane = 0; lane < lanes; lane++) {
+            const long g = lane / a.split;
+            add_to(n, gUf + g * n, a.scratch + lane * 2 * n);
+            add_to(n, gUn + g * n, a.scratch + lane * 2 * n + n);
+        }
+        free(a.scratch);
+    }
+    free(a.E);
     return 0;
 }

@@ -48,6 +48,8 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "brc_bwd_scan": ([_L] * 3 + [_P] * 5 + [_L] + [_P] * 3 + [_L], _L),
     "nbrc_fwd_scan": ([_L] * 4 + [_P, _L, _L] * 3 + [_P, _P, _P, _L, _P, _L, _L], None),
     "nbrc_bwd_scan": ([_L] * 4 + [_P] * 6 + [_L], _L),
+    "mgu_fwd_scan": ([_L] * 4 + [_P, _L, _L] * 2 + [_P] * 6 + [_L, _P, _L, _L], None),
+    "mgu_bwd_scan": ([_L] * 4 + [_P] * 11 + [_L], _L),
 }
 
 _lib: ctypes.CDLL | None = None

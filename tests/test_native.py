@@ -83,20 +83,31 @@ def _run_ref(cell: str, args: list[Tensor], gos: tuple[Tensor, ...]
 
 def _errors(ours: list[Tensor] | tuple[Tensor, ...], ref: list[Tensor] | tuple[Tensor, ...]) -> list[float]:
     """Largest absolute error of each tensor, relative to the reference's largest magnitude (>= 1)."""
-    errs = []
+    return [e for e, _ in _error_stats(ours, ref)]
+
+
+def _error_stats(ours: list[Tensor] | tuple[Tensor, ...], ref: list[Tensor] | tuple[Tensor, ...]
+                 ) -> list[tuple[float, float]]:
+    """(largest, root-mean-square) absolute error of each tensor, relative to the reference's
+    largest magnitude (>= 1)."""
+    stats = []
     for a, b in zip(ours, ref, strict=True):
         a, b = a.detach().double(), b.detach().double()
-        errs.append(float((a - b).abs().max()) / max(float(b.abs().max()), 1.0))
-    return errs
+        scale = max(float(b.abs().max()), 1.0)
+        stats.append((float((a - b).abs().max()) / scale, float((a - b).square().mean().sqrt()) / scale))
+    return stats
 
 
-def _assert_as_accurate(native_errs: tuple[list[float], list[float]],
-                        torch_errs: tuple[list[float], list[float]]) -> None:
-    """(value errors, gradient errors) of the native path within 4x those of the torch float32
-    code (or 2e-6: both at rounding level), and below 1e-4 / 1e-3 of the reference's magnitude."""
+def _assert_as_accurate(native_errs: tuple[list[tuple[float, float]], list[tuple[float, float]]],
+                        torch_errs: tuple[list[tuple[float, float]], list[tuple[float, float]]]) -> None:
+    """(value errors, gradient errors), as :func:`_error_stats` gives them: the native path's
+    root-mean-square error within 4x that of the torch float32 code (or 1e-6: both at rounding
+    level), and its largest error below 1e-4 (values) / 1e-3 (gradients) of the reference's
+    magnitude. The mean, not the largest error, is compared: a recurrence amplifies rounding at
+    a few sensitive elements, differently for two roundings of the same arithmetic."""
     for ours, theirs, bound in zip(native_errs, torch_errs, (1e-4, 1e-3), strict=True):
-        for e_n, e_t in zip(ours, theirs, strict=True):
-            assert e_n <= max(4 * e_t, 2e-6) and e_n <= bound, (ours, theirs)
+        for (max_n, rms_n), (_, rms_t) in zip(ours, theirs, strict=True):
+            assert rms_n <= max(4 * rms_t, 1e-6) and max_n <= bound, (ours, theirs)
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
@@ -126,8 +137,8 @@ def test_native_scan_is_as_accurate_as_the_torch_code(cell: str, shape: tuple[in
             with torch.no_grad():  # the forward-only path (two alternating state buffers)
                 final = CELLS[cell][1](*[a.detach().float() for a in args], final_only=True)
             final = list(final) if isinstance(final, tuple) else [final]
-            results[switch] = (_errors(out, ref_out) + _errors(final, [o[-1] for o in ref_out]),
-                               _errors(grads, ref_grads))
+            results[switch] = (_error_stats(out, ref_out) + _error_stats(final, [o[-1] for o in ref_out]),
+                               _error_stats(grads, ref_grads))
         _assert_as_accurate(results["1"], results["0"])
     finally:
         torch.set_num_threads(old)
@@ -247,23 +258,27 @@ def _grouped_reference(ref, xs: list[Tensor], ws: list[Tensor], h0: Tensor) -> T
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("const", [False, True])
 @pytest.mark.parametrize("shape", [(9, 6, 3), (12, 32, 16), (1, 4, 7), (40, 300, 8)])
-@pytest.mark.parametrize("cell", ["brc", "nbrc"])
-def test_native_brc_family_is_as_accurate_as_the_torch_code(
+@pytest.mark.parametrize("cell", ["brc", "nbrc", "mgu"])
+def test_native_brc_nbrc_mgu_scans_are_as_accurate_as_the_torch_code(
         cell: str, shape: tuple[int, int, int], const: bool, grouped: bool, threads: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """As for the gated scans: the native BRC and nBRC scans (forward, and backward with the
+    """As for the GRU and LSTM: the native BRC, nBRC and MGU scans (forward, and backward with the
     state-gradient recurrence and weight gradients) against the float64 loop, relative to the
-    float32 torch code. Grouped: cells side by side in the batch (BRC: weights per row; nBRC: one
-    matrix pair per block of rows). The last shape splits the rows into lanes."""
+    float32 torch code. Grouped: cells side by side in the batch (BRC: weights per row; nBRC and
+    MGU: one matrix pair per block of rows). The last shape splits the rows into lanes."""
     T, B, H = shape
     gen = torch.Generator().manual_seed(11)
 
     def r(*s: int, scale: float = 1.0) -> Tensor:
         return scale * torch.randn(*s, generator=gen, dtype=torch.float64)
 
-    xs = [r(1, B, H).expand(T, -1, -1) if const else r(T, B, H) for _ in range(3)]
+    n_in = 2 if cell == "mgu" else 3
+    xs = [r(1, B, H).expand(T, -1, -1) if const else r(T, B, H) for _ in range(n_in)]
     G = 2 if grouped else 1
-    if cell == "brc":
+    if cell == "mgu":
+        ws = [r(G, H, H, scale=0.5) if grouped else r(H, H, scale=0.5) for _ in range(2)]
+        scan, ref_loop = fused.mgu_scan, fused.mgu_scan_reference
+    elif cell == "brc":
         ws = [r(B, H) if grouped else r(H) for _ in range(2)]
         scan, ref_loop = fused.brc_scan, fused.brc_scan_reference
     else:
@@ -271,7 +286,7 @@ def test_native_brc_family_is_as_accurate_as_the_torch_code(
         scan, ref_loop = fused.nbrc_scan, fused.nbrc_scan_reference
     args = [t.requires_grad_() for t in [*xs, *ws, r(B, H, scale=0.5)]]
     go = r(T, B, H)
-    ref = _grouped_reference(ref_loop, args[:3], args[3:5], args[5])
+    ref = _grouped_reference(ref_loop, args[:n_in], args[n_in:n_in + 2], args[-1])
     ref_grads = torch.autograd.grad(ref, args, go)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -284,7 +299,7 @@ def test_native_brc_family_is_as_accurate_as_the_torch_code(
             grads = torch.autograd.grad(out, ours, go.float())
             with torch.no_grad():
                 final = scan(*[a.detach() for a in ours], final_only=True)
-            errs[switch] = (_errors([out, final], [ref, ref[-1]]), _errors(grads, ref_grads))
+            errs[switch] = (_error_stats([out, final], [ref, ref[-1]]), _error_stats(grads, ref_grads))
     finally:
         torch.set_num_threads(old)
     _assert_as_accurate(errs["1"], errs["0"])
