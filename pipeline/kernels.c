@@ -288,11 +288,15 @@ static inline long at(const struct scan *a, long s, long g, long b, long w) {
     return ((s * a->G + g) * a->B + b) * w;
 }
 
-static long lanes_for(long G, long B, long threads, long *split) {
-    long sp = G >= threads ? 1 : (threads + G - 1) / G;
-    if (sp > B / 4) sp = B / 4 > 1 ? B / 4 : 1; /* keep at least one 4-row tile per lane */
-    *split = sp;
-    return G * sp;
+/* Lanes of a group: blocks of about LANE_ROWS rows. The cut depends on the batch only, never on
+ * the thread count, and lanes' partial weight gradients are added in lane order: results are the
+ * same bit for bit on any number of threads, and for a cell run alone or grouped with others. */
+#define LANE_ROWS 8
+
+static long lanes_for(long G, long B, long *split) {
+    const long sp = (B + LANE_ROWS - 1) / LANE_ROWS;
+    *split = sp > 1 ? sp : 1;
+    return G * *split;
 }
 
 static void lstm_fwd_lane(const void *arg, long lane) {
@@ -319,7 +323,7 @@ void lstm_fwd_scan(long T, long G, long B, long H, const float *x, long xt, long
                    long slots, long threads) {
     struct scan a = {.T = T, .G = G, .B = B, .H = H, .keep = keep, .slots = slots, .x = x, .xt = xt,
                      .xg = xg, .xb = xb, .w = w, .h0 = h0, .c0 = c0, .P = P, .TC = TC, .hs = hs, .cs = cs};
-    const long lanes = lanes_for(G, B, threads, &a.split);
+    const long lanes = lanes_for(G, B, &a.split);
     for_groups(lstm_fwd_lane, &a, lanes, threads);
 }
 
@@ -369,7 +373,7 @@ long lstm_bwd_scan(long T, long G, long B, long H, float *P, const float *TC, co
     struct lstm_bwd_args l = {{.T = T, .G = G, .B = B, .H = H, .keep = 1, .slots = T, .w = wT, .h0 = h0,
                                .c0 = c0, .hs_in = hs, .cs_in = cs, .P = P, .TC = (float *)TC, .GH = GH,
                                .GC = GC, .dw = dw}, NULL};
-    const long lanes = lanes_for(G, B, threads, &l.s.split);
+    const long lanes = lanes_for(G, B, &l.s.split);
     if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 4 * H, sizeof(float)))) return -1;
     for_groups(lstm_bwd_lane, &l, lanes, threads);
     if (l.scratch) {
@@ -401,7 +405,7 @@ void gru_fwd_scan(long T, long G, long B, long H, const float *x, long xt, long 
                   long slots, long threads) {
     struct scan a = {.T = T, .G = G, .B = B, .H = H, .keep = keep, .slots = slots, .x = x, .xt = xt,
                      .xg = xg, .xb = xb, .w = w, .bias = bias, .h0 = h0, .P = A, .TC = RZ, .N = N, .hs = hs};
-    const long lanes = lanes_for(G, B, threads, &a.split);
+    const long lanes = lanes_for(G, B, &a.split);
     for_groups(gru_fwd_lane, &a, lanes, threads);
 }
 
@@ -429,7 +433,7 @@ long gru_bwd_scan(long T, long G, long B, long H, float *A, const float *RZ, flo
                   const float *h0, const float *wT, float *GH, float *dw, long threads) {
     struct lstm_bwd_args l = {{.T = T, .G = G, .B = B, .H = H, .keep = 1, .slots = T, .w = wT, .h0 = h0,
                                .hs_in = hs, .P = A, .TC = (float *)RZ, .N = N, .GH = GH, .dw = dw}, NULL};
-    const long lanes = lanes_for(G, B, threads, &l.s.split);
+    const long lanes = lanes_for(G, B, &l.s.split);
     if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 3 * H, sizeof(float)))) return -1;
     for_groups(gru_bwd_lane, &l, lanes, threads);
     if (l.scratch) {
@@ -504,8 +508,7 @@ void brc_fwd_scan(long T, long B, long H, const float *xc, long xct, long xcb, c
     struct brc a = {.T = T, .B = B, .H = H, .keep = keep, .slots = slots, .xc = xc, .xa = xa, .xh = xh,
                     .xct = xct, .xcb = xcb, .xat = xat, .xab = xab, .xht = xht, .xhb = xhb, .wc = wc,
                     .wa = wa, .h0 = h0, .wb = wb, .S = S, .hs = hs};
-    long split = threads < B ? threads : B;
-    a.split = split > 1 ? split : 1;
+    lanes_for(1, B, &a.split);
     for_groups(brc_fwd_lane, &a, a.split, threads);
 }
 
@@ -558,8 +561,7 @@ long brc_bwd_scan(long T, long B, long H, float *S, const float *hs, const float
                   const float *wa, long wb, float *G, float *gwc, float *gwa, long threads) {
     struct brc_bwd l = {{.T = T, .B = B, .H = H, .keep = 1, .slots = T, .wc = wc, .wa = wa, .h0 = h0,
                          .wb = wb, .S = S, .hs = (float *)hs}, G, gwc, gwa, NULL};
-    long split = threads < B ? threads : B;
-    l.f.split = split > 1 ? split : 1;
+    lanes_for(1, B, &l.f.split);
     if (!wb && !(l.scratch = calloc(l.f.split * 2 * H, sizeof(float)))) return -1;
     for_groups(brc_bwd_lane, &l, l.f.split, threads);
     if (l.scratch) {
@@ -653,7 +655,7 @@ void nbrc_fwd_scan(long T, long B, long H, long G, const float *xc, long xct, lo
     struct nbrc a = {.T = T, .B = B, .H = H, .G = G, .keep = keep, .slots = slots, .xc = xc, .xa = xa, .xh = xh,
                      .xct = xct, .xcb = xcb, .xat = xat, .xab = xab, .xht = xht, .xhb = xhb, .W = W2t, .h0 = h0,
                      .S = S, .hs = hs};
-    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    const long lanes = lanes_for(G, B / G, &a.split);
     for_groups(nbrc_fwd_lane, &a, lanes, threads);
 }
 
@@ -684,7 +686,7 @@ long nbrc_bwd_scan(long T, long B, long H, long G, float *S, const float *hs, co
                    float *Gr, float *gw, long threads) {
     struct nbrc a = {.T = T, .B = B, .H = H, .G = G, .keep = 1, .slots = T, .W = W2, .h0 = h0, .hs_in = hs,
                      .S = S, .Gr = Gr, .gw = gw};
-    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    const long lanes = lanes_for(G, B / G, &a.split);
     if (gw && a.split > 1 && !(a.scratch = calloc(lanes * 2 * H * H, sizeof(float)))) return -1;
     for_groups(nbrc_bwd_lane, &a, lanes, threads);
     if (a.scratch) {
@@ -766,7 +768,7 @@ void mgu_fwd_scan(long T, long B, long H, long G, const float *xf, long xft, lon
     struct mgu a = {.T = T, .B = B, .H = H, .G = G, .keep = keep, .slots = slots, .xf = xf, .xn = xn, .xft = xft,
                     .xfb = xfb, .xnt = xnt, .xnb = xnb, .Uf = UfT, .Un = UnT, .h0 = h0, .F = F, .R = R, .N = N,
                     .hs = hs};
-    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    const long lanes = lanes_for(G, B / G, &a.split);
     for_groups(mgu_fwd_lane, &a, lanes, threads);
 }
 
@@ -824,7 +826,7 @@ long mgu_bwd_scan(long T, long B, long H, long G, float *F, float *R, float *N, 
                   const float *Uf, const float *Un, float *DZF, float *Gr, float *gUf, float *gUn, long threads) {
     struct mgu a = {.T = T, .B = B, .H = H, .G = G, .keep = 1, .slots = T, .Uf = Uf, .Un = Un, .h0 = h0, .F = F,
                     .R = R, .N = N, .hs = (float *)hs, .DZF = DZF, .Gr = Gr, .gUf = gUf, .gUn = gUn};
-    const long lanes = lanes_for(G, B / G, threads, &a.split);
+    const long lanes = lanes_for(G, B / G, &a.split);
     if (!(a.E = malloc(2 * B * H * sizeof(float)))) return -1;
     if (gUf && a.split > 1 && !(a.scratch = calloc(lanes * 2 * H * H, sizeof(float)))) {
         free(a.E);

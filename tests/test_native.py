@@ -303,3 +303,38 @@ def test_native_brc_nbrc_mgu_scans_are_as_accurate_as_the_torch_code(
     finally:
         torch.set_num_threads(old)
     _assert_as_accurate(errs["1"], errs["0"])
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_native_results_do_not_depend_on_the_thread_count() -> None:
+    """Lanes are cut by the batch, not by the threads, and their partial weight gradients added in
+    a fixed order: every scan's outputs and gradients are equal bit for bit on 1, 2 and 3 threads."""
+    def run() -> list[Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        T, B, H = 20, 40, 24
+
+        def leaf(*s: int, scale: float = 0.3) -> Tensor:
+            return (scale * torch.randn(*s, generator=gen)).requires_grad_()
+
+        results = []
+        runs = [(fg.gru_scan, [leaf(T, 1, B, 3 * H), leaf(1, H, 3 * H), leaf(1, 3 * H), leaf(1, B, H)]),
+                (fg.lstm_scan, [leaf(T, 1, B, 4 * H), leaf(1, H, 4 * H), leaf(1, B, H), leaf(1, B, H)]),
+                (fused.brc_scan, [leaf(T, B, H) for _ in range(3)] + [leaf(H), leaf(H), leaf(B, H)]),
+                (fused.nbrc_scan, [leaf(T, B, H) for _ in range(3)] + [leaf(H, H), leaf(H, H), leaf(B, H)]),
+                (fused.mgu_scan, [leaf(T, B, H) for _ in range(2)] + [leaf(H, H), leaf(H, H), leaf(B, H)])]
+        for scan, args in runs:
+            out = scan(*args)
+            out = out[0] if isinstance(out, tuple) else out
+            results += [out, *torch.autograd.grad(out.square().sum(), args)]
+        return results
+
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(run())
+    finally:
+        torch.set_num_threads(old)
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other, strict=True))
