@@ -291,7 +291,9 @@ static inline long at(const struct scan *a, long s, long g, long b, long w) {
 /* Lanes of a group: blocks of about LANE_ROWS rows. The cut depends on the batch only, never on
  * the thread count, and lanes' partial weight gradients are added in lane order: results are the
  * same bit for bit on any number of threads, and for a cell run alone or grouped with others. */
+#ifndef LANE_ROWS
 #define LANE_ROWS 8
+#endif
 
 static long lanes_for(long G, long B, long *split) {
     const long sp = (B + LANE_ROWS - 1) / LANE_ROWS;
