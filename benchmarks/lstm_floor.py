@@ -8,8 +8,9 @@ sequences, gradients flowing through it) and over the stabilisation run (S steps
 states; S ~ U{1..200} at schedule step 20, mean 100.5). Whatever the implementation, an LSTM layer
 does per step the recurrent product ``(B, H) x (H, 4H)`` forward and two of that size backward (the
 state gradient, step by step; the weight gradient, batchable), and the input products
-``(T B, I) x (I, 4H)`` (forward, input gradient, weight gradient; batchable; with the constant
-stabilisation input only the first layer's is trivial). The prefix is counted at its least: each
+``(T B, I) x (I, 4H)`` (forward, input gradient, weight gradient; batchable) over the prefix only:
+in the stabilisation every layer's input is one constant vector u_l (ALGORITHM.md, step 3), so its
+input product is one row. The prefix is counted at its least: each
 sequence i run only to its own length c_i ~ U{1..T} (mean (T + 1) / 2), as the published code does
 (our batched pass runs all T steps, twice that). The step-by-step products run at the rate
 this machine reaches on one ``(B, H) x (H, 4H)`` product, the batchable ones at the rate of one
@@ -60,10 +61,10 @@ def main() -> int:
     seq, batch = 0.0, 0.0  # step-by-step and batchable FLOPs
     for layer in range(a.layers):
         I = a.input_size if layer == 0 else H
-        for steps, with_input in (((a.seq_len + 1) / 2, True), (a.stab, layer > 0)):
+        for steps, with_input in (((a.seq_len + 1) / 2, True), (a.stab, False)):
             seq += 2 * steps * step_flops  # forward and state gradient, step by step
             batch += steps * step_flops  # recurrent weight gradient
-            if with_input:  # the constant stabilisation input of layer 1 is one row
+            if with_input:  # the prefix's inputs; the stabilisation's are one constant row
                 batch += 3 * steps * 2 * B * I * G  # forward, input gradient, weight gradient
     r_seq = rate(B, H, G, a.reps)
     r_batch = rate(a.seq_len * B, 2 * H, G, a.reps)

@@ -43,15 +43,20 @@ class Cell(nn.Module):
         return seqs[0], tuple(s[-1] for s in seqs)
 
     group_on_cpu: bool = False
-    """Whether grouping pays on a CPU too; on GPUs, where a step is launch-bound, it always does.
-    Measured on 2 cores (BENCHMARKS.md): yes for the GRU; no for the LSTM (oneDNN one cell at a
-    time beats a grouped per-step loop) nor the BRC family (a G-times-taller batch is no faster)."""
+    """Whether grouping pays on a CPU running the torch code (no native kernels); on GPUs, where a
+    step is launch-bound, it always does. Measured on 2 cores (BENCHMARKS.md): yes for the GRU; no
+    for the LSTM (oneDNN one cell at a time beats a grouped per-step loop) nor the BRC family (a
+    G-times-taller batch is no faster). With the native kernels (:mod:`pipeline.native`) one cell
+    at a time is faster for every cell: each scan is one C call either way, and grouping only adds
+    the stacking of inputs, weights and outputs."""
 
     @classmethod
     def groups_well(cls, device: torch.device) -> bool:
         """Whether several cells of this class run faster as one grouped scan on ``device``."""
         has_scan = cls.group_states.__func__ is not Cell.group_states.__func__  # type: ignore[attr-defined]
-        return has_scan and (cls.group_on_cpu or device.type != "cpu")
+        if device.type == "cpu":
+            return has_scan and cls.group_on_cpu and native.kernels() is None
+        return has_scan
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -131,12 +136,6 @@ class LSTM(Cell):
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
         self.rnn = nn.LSTM(input_size, hidden_size)
-
-    @classmethod
-    def groups_well(cls, device: torch.device) -> bool:
-        """On a CPU too when the native step kernels are built: the grouped scan then beats oneDNN
-        one cell at a time (BENCHMARKS.md)."""
-        return device.type != "cpu" or native.kernels() is not None
 
     @staticmethod
     def _native(x: Tensor) -> bool:
