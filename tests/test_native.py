@@ -29,6 +29,12 @@ SHAPES = [(9, 1, 5, 3), (12, 1, 32, 16), (7, 1, 13, 19), (6, 3, 12, 8), (1, 2, 3
 CELLS = {"gru": (3, fg.gru_scan, fg.gru_scan_reference), "lstm": (4, fg.lstm_scan, fg.lstm_scan_reference)}
 
 
+@pytest.fixture(autouse=True)
+def native_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the kernels: on, even where the suite runs with them off (.ci/run)."""
+    monkeypatch.setenv(native.ENV_SWITCH, "1")
+
+
 @pytest.fixture
 def fresh_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty kernel cache and a module that has not tried to build yet."""

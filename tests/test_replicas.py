@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from pipeline import native
 from pipeline.cells import run_group
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
 from pipeline.model import build_model, forward_group
@@ -168,7 +169,8 @@ def test_no_host_reads_per_time_step(gpu_policy: bool, monkeypatch: pytest.Monke
     import pipeline.cells as cells
     import pipeline.multistability as ms
 
-    if gpu_policy:
+    if gpu_policy:  # and the torch code, which is what runs on GPUs
+        monkeypatch.setenv(native.ENV_SWITCH, "0")
         monkeypatch.setattr(ms, "_one_longest_run", lambda device: True)
         monkeypatch.setattr(cells.Cell, "groups_well",
                             classmethod(lambda cls, device: hasattr(cls, "group_states")))
