@@ -166,6 +166,19 @@ def _row_major(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _state_slots(T: int, all_states: bool) -> int:
+    """State buffers a native forward keeps: every step's, or two alternating (one for T = 1)."""
+    return T if all_states else min(T, 2)
+
+
+def _last_slot(hs: Tensor, T: int, all_states: bool) -> Tensor:
+    """The states a forward returns from its ``_state_slots`` buffers: all, or the last, (1, ...)."""
+    if all_states:
+        return hs
+    last = (T - 1) % hs.size(0)
+    return hs[last:last + 1]
+
+
 def _steps(x: Tensor, T: int) -> list[Tensor]:
     """Per-step views of a (T, ...) buffer, or T times the one step of a (1, ...) buffer."""
     views = list(x.unbind(0))
@@ -377,16 +390,13 @@ def _brc_forward_native(lib, xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa:
     (T, 3, B, H) when ``keep``, else empty (nothing per step is stored)."""
     T, B, H = xh.shape
     S = xh.new_empty((T, 3, B, H) if keep else (0,))
-    slots = T if all_states else min(T, 2)
+    slots = _state_slots(T, all_states)
     hs = xh.new_empty((slots, B, H))
     xs = [_row_major(v) for v in (xc, xa, xh)]
     wc, wa = wc.contiguous(), wa.contiguous()
     native.call(lib, "brc_fwd_scan", T, B, H, *(a for v in xs for a in (v, v.stride(0), v.stride(1))),
                 wc, wa, 0 if wc.dim() == 1 else H, h0.contiguous(), S if keep else None, int(keep), hs, slots)
-    if not all_states:
-        last = (T - 1) % slots
-        hs = hs[last:last + 1]
-    return hs, S
+    return _last_slot(hs, T, all_states), S
 
 
 class _BRCScan(torch.autograd.Function):
@@ -522,17 +532,14 @@ def _nbrc_forward_native(lib, xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa
     """:func:`_nbrc_forward` as one native call (``nbrc_fwd_scan``; see :func:`_brc_forward_native`)."""
     T, B, H = xh.shape
     S = xh.new_empty((T if keep else 1, B, 3, H))
-    slots = T if all_states else min(T, 2)
+    slots = _state_slots(T, all_states)
     hs = xh.new_empty((slots, B, H))
     xs = [_row_major(v) for v in (xc, xa, xh)]
     W2t = torch.cat([Wc, Wa], dim=-2).transpose(-1, -2).contiguous()  # (H, 2H), or (G, H, 2H)
     strided = [a for v in xs for a in (v, v.stride(0), v.stride(1))]
     native.call(lib, "nbrc_fwd_scan", T, B, H, max(_groups(Wc), 1), *strided, W2t, h0.contiguous(), S,
                 int(keep), hs, slots)
-    if not all_states:
-        last = (T - 1) % slots
-        hs = hs[last:last + 1]
-    return hs, S
+    return _last_slot(hs, T, all_states), S
 
 
 class _NBRCScan(torch.autograd.Function):
@@ -666,16 +673,13 @@ def _mgu_forward_native(lib, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0:
     """:func:`_mgu_forward` as one native call (``mgu_fwd_scan``; see :func:`_brc_forward_native`)."""
     T, B, H = xf.shape
     F, R, N = (xf.new_empty((T if keep else 1, B, H)) for _ in range(3))
-    slots = T if all_states else min(T, 2)
+    slots = _state_slots(T, all_states)
     hs = xf.new_empty((slots, B, H))
     xf, xn = _row_major(xf), _row_major(xn)
     UfT, UnT = (U.transpose(-1, -2).contiguous() for U in (Uf, Un))
     native.call(lib, "mgu_fwd_scan", T, B, H, max(_groups(Uf), 1), xf, xf.stride(0), xf.stride(1), xn,
                 xn.stride(0), xn.stride(1), UfT, UnT, h0.contiguous(), F, R, N, int(keep), hs, slots)
-    if not all_states:
-        last = (T - 1) % slots
-        hs = hs[last:last + 1]
-    return hs, F, R, N
+    return _last_slot(hs, T, all_states), F, R, N
 
 
 class _MGUScan(torch.autograd.Function):

@@ -38,11 +38,13 @@ from pipeline.fused import (
     _const_in_time,
     _grad_buffer,
     _gram,
+    _last_slot,
     _one_minus_square_,
     _one_thread,
     _own,
     _prev_states,
     _row_major,
+    _state_slots,
     _steps,
     _tanh_scale,
     _tanh_scaled_,
@@ -150,15 +152,15 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward without a graph: hs (T|1, G, B, H) and, when ``keep``, A, RZ, N of every step, where
     A's n block is a_n = h @ w_n + b_n (its r, z blocks hold the whole pre-activations)."""
-    lib = native.usable(x, w, b, h0)
-    if lib is not None:
-        return _gru_forward_native(lib, x, w, b, h0, keep, all_states)
     T = x.size(0)
     G, B, H = h0.shape
     steps = T if keep else 1
     A = x.new_empty((steps, G, B, 3 * H))
     RZ = x.new_empty((steps, G, B, 2 * H))
     N = x.new_empty((steps, G, B, H))
+    lib = native.usable(x, w, b, h0)
+    if lib is not None:
+        return _gru_forward_native(lib, x, w, b, h0, A, RZ, N, keep, all_states)
     hs = x.new_empty((T if all_states else 1, G, B, H))
     bias = b.unsqueeze(1).expand(G, B, 3 * H).contiguous()
     k = _tanh_scale(x)
@@ -190,23 +192,17 @@ def _gru_forward(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_st
     return hs, A, RZ, N
 
 
-def _gru_forward_native(lib, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, keep: bool, all_states: bool
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_gru_forward` as one native call (``gru_fwd_scan``; see :func:`_lstm_forward_native`)."""
+def _gru_forward_native(lib, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, A: Tensor, RZ: Tensor, N: Tensor,
+                        keep: bool, all_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_gru_forward` as one native call (``gru_fwd_scan``; see :func:`_lstm_forward_native`),
+    into its buffers A, RZ, N (one step of each unless kept for the backward)."""
     T = x.size(0)
     G, B, H = h0.shape
-    steps = T if keep else 1
-    A = x.new_empty((steps, G, B, 3 * H))
-    RZ = x.new_empty((steps, G, B, 2 * H))
-    N = x.new_empty((steps, G, B, H))
-    slots = T if all_states else min(T, 2)
+    slots = _state_slots(T, all_states)
     hs = x.new_empty((slots, G, B, H))
     x, w, b, h0 = _row_major(x), w.contiguous(), b.contiguous(), h0.contiguous()
     native.call(lib, "gru_fwd_scan", T, G, B, H, x, *x.stride()[:3], w, b, h0, A, RZ, N, int(keep), hs, slots)
-    if not all_states:
-        last = (T - 1) % slots
-        hs = hs[last:last + 1]
-    return hs, A, RZ, N
+    return _last_slot(hs, T, all_states), A, RZ, N
 
 
 def _gru_backward_native(lib, ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | None, ...]:
@@ -342,15 +338,12 @@ def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep
     steps = T if keep else 1
     P = x.new_empty((steps, G, B, 4 * H))
     TC = x.new_empty((steps, G, B, H))
-    slots = T if all_states else min(T, 2)
+    slots = _state_slots(T, all_states)
     hs, cs = x.new_empty((slots, G, B, H)), x.new_empty((slots, G, B, H))
     x, w, h0, c0 = _row_major(x), w.contiguous(), h0.contiguous(), c0.contiguous()
     native.call(lib, "lstm_fwd_scan", T, G, B, H, x, *x.stride()[:3], w, h0, c0, P, TC, int(keep), hs, cs,
                 slots)
-    if not all_states:
-        last = (T - 1) % slots
-        hs, cs = hs[last:last + 1], cs[last:last + 1]
-    return hs, cs, P, TC
+    return _last_slot(hs, T, all_states), _last_slot(cs, T, all_states), P, TC
 
 
 class _LSTMScan(torch.autograd.Function):

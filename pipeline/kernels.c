@@ -346,6 +346,14 @@ static void finish_dw(const struct scan *a, const float *scratch, long width) {
 
 struct lstm_bwd_args { struct scan s; float *scratch; };
 
+/* where lane `lane` (of group g) accumulates its weight gradient, (H, width): the group's own
+ * gradient when the group is one lane, else the lane's slice of the scratch; NULL if not wanted */
+static float *lane_dw(const struct lstm_bwd_args *l, long lane, long g, long width) {
+    const struct scan *a = &l->s;
+    if (!a->dw) return NULL;
+    return a->split == 1 ? a->dw + g * a->H * width : l->scratch + lane * a->H * width;
+}
+
 static void lstm_bwd_lane(const void *arg, long lane) {
     const struct lstm_bwd_args *l = arg;
     const struct scan *a = &l->s;
@@ -353,7 +361,7 @@ static void lstm_bwd_lane(const void *arg, long lane) {
     lane_rows(a, lane, &g, &b0, &nb);
     const long H = a->H, GBH = a->G * a->B * H;
     const float *wTg = a->w + g * 4 * H * H;
-    float *dwg = a->dw ? (a->split == 1 ? a->dw + g * H * 4 * H : l->scratch + lane * H * 4 * H) : NULL;
+    float *dwg = lane_dw(l, lane, g, 4 * H);
     for (long t = a->T - 1; t >= 0; t--) {
         float *p = a->P + at(a, t, g, b0, 4 * H);
         const float *tc = a->TC + at(a, t, g, b0, H);
@@ -418,7 +426,7 @@ static void gru_bwd_lane(const void *arg, long lane) {
     lane_rows(a, lane, &g, &b0, &nb);
     const long H = a->H, GBH = a->G * a->B * H;
     const float *wTg = a->w + g * 3 * H * H;
-    float *dwg = a->dw ? (a->split == 1 ? a->dw + g * H * 3 * H : l->scratch + lane * H * 3 * H) : NULL;
+    float *dwg = lane_dw(l, lane, g, 3 * H);
     for (long t = a->T - 1; t >= 0; t--) {
         float *ar = a->P + at(a, t, g, b0, 3 * H);
         const float *hp = t ? a->hs_in + at(a, t - 1, g, b0, H) : a->h0 + (g * a->B + b0) * H;
