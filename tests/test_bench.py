@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from pipeline.bench import main
 
@@ -96,3 +98,22 @@ def test_gpu_session_runs_every_file_with_gpu_tests() -> None:
     gpu_mark = re.compile(r"^(@pytest\.mark\.gpu|pytestmark = \[pytest\.mark\.gpu)", re.M)
     marked = {p.name for p in (root / "tests").glob("test_*.py") if gpu_mark.search(p.read_text())}
     assert marked and listed == marked
+
+
+@pytest.mark.parametrize("what", ["native", "group"])
+def test_ab_script_runs_both_sides(what: str, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/ab.py alternates its two sides and leaves the process as it found it."""
+    from pipeline import cells
+
+    ab = _benchmarks_module("ab")
+    argv = ["--what", what, "--cells", "brc", "--hidden", "6", "--seq-len", "4", "--batch", "8",
+            "--replicas", "2", "--rounds", "1", "--warmups", "1", "--trains", "1",
+            "--threads", str(torch.get_num_threads())]
+    monkeypatch.setattr("sys.argv", ["ab.py", *argv])
+    before = os.environ.get("WARMUP_SWEEP_NATIVE")
+    assert ab.main() == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["side"] for r in rows] == list(ab.SIDES[what])
+    assert all(r["warmup_step_ms"] > 0 and r["train_step_ms"] > 0 for r in rows)
+    assert os.environ.get("WARMUP_SWEEP_NATIVE") == before and "groups_well" not in cells.BRC.__dict__

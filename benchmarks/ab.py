@@ -1,0 +1,129 @@
+"""Two ways of running the same warm-up and train steps, alternated in one process (the fair way
+to compare them on a noisy shared machine): the native CPU kernels against the torch code, or
+grouped scans against one cell at a time.
+
+    PYTHONPATH=. python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
+    PYTHONPATH=. python benchmarks/ab.py --what group --cells gru brc --replicas 4
+
+Each round runs, for each side, ``--warmups`` warm-up steps (at schedule step 20, S drawn from the
+same seeds on both sides, so both do the same work) and ``--trains`` train steps of ``--replicas``
+networks (seeds 0..R-1, f = 1), from the same initial weights. Prints one JSON line per cell and
+side: the medians over rounds of the mean warm-up step and of the median train step, in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from pipeline.config import CELLS, ModelConfig, WarmupConfig
+from pipeline.model import build_model, forward_group
+from pipeline.tasks import Split
+from pipeline.warmup import warmup_step_group
+
+SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone")}
+
+
+def _use(what: str, side: str, cell_class: type) -> None:
+    """Switch the process to ``side``."""
+    if what == "native":
+        os.environ["WARMUP_SWEEP_NATIVE"] = "1" if side == "native" else "0"
+    else:
+        cell_class.groups_well = classmethod(lambda cls, device, on=side == "grouped": on)
+
+
+def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    nets, datas, xs = [], [], []
+    for r in range(args.replicas):
+        torch.manual_seed(r)
+        nets.append(build_model(ModelConfig(cell=cell, hidden_size=args.hidden, num_layers=args.layers), 1, 1,
+                                warm_width=args.hidden))
+        x = torch.randn(args.seq_len, args.batch, 1)
+        xs.append(x)
+        datas.append(Split(x, x[:1].clone()))
+    cfg = WarmupConfig(batch_size=args.batch)
+    wopts = [torch.optim.Adam(n.parameters(), lr=cfg.lr) for n in nets]
+    topts = [torch.optim.Adam(n.parameters(), lr=1e-3) for n in nets]
+    initial = [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
+    device = torch.device("cpu")
+    cell_class = type(nets[0].layers[0].warm)
+    saved = cell_class.__dict__.get("groups_well")
+    switch = os.environ.get("WARMUP_SWEEP_NATIVE")
+
+    def warmup(i: int) -> None:
+        gens = [torch.Generator().manual_seed(1000 * i + r) for r in range(len(nets))]
+        warmup_step_group(nets, wopts, datas, 20, cfg, gens, device)
+
+    def train() -> None:
+        outs = forward_group(nets, xs, 1)
+        loss = sum(torch.nn.functional.mse_loss(o, x[:1]) for o, x in zip(outs, xs, strict=True))
+        for o in topts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        for o in topts:
+            o.step()
+
+    times: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SIDES[what]}
+    try:
+        for _ in range(args.rounds):
+            for side in SIDES[what]:
+                _use(what, side, cell_class)
+                for net, state in zip(nets, initial, strict=True):
+                    net.load_state_dict(state)
+                warmup(-1)
+                train()
+                t = []
+                for i in range(args.warmups):
+                    t0 = time.perf_counter()
+                    warmup(i)
+                    t.append(time.perf_counter() - t0)
+                times[side][0].append(1e3 * statistics.fmean(t))
+                t = []
+                for _ in range(args.trains):
+                    t0 = time.perf_counter()
+                    train()
+                    t.append(time.perf_counter() - t0)
+                times[side][1].append(1e3 * statistics.median(t))
+    finally:
+        if switch is None:
+            os.environ.pop("WARMUP_SWEEP_NATIVE", None)
+        else:
+            os.environ["WARMUP_SWEEP_NATIVE"] = switch
+        if saved is None:
+            if "groups_well" in cell_class.__dict__:
+                delattr(cell_class, "groups_well")
+        else:
+            cell_class.groups_well = saved
+    return {side: {"warmup_step_ms": round(statistics.median(w), 2),
+                   "train_step_ms": round(statistics.median(tr), 2)} for side, (w, tr) in times.items()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--what", choices=sorted(SIDES), required=True)
+    p.add_argument("--cells", nargs="+", choices=CELLS, default=["gru", "lstm", "mgu", "brc", "nbrc"])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--warmups", type=int, default=6)
+    p.add_argument("--trains", type=int, default=8)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for cell in args.cells:
+        for side, res in run(cell, args.what, args).items():
+            print(json.dumps({"cell": cell, "side": side, "replicas": args.replicas, "threads": args.threads,
+                              "hidden": args.hidden, "seq_len": args.seq_len, "batch": args.batch, **res}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
