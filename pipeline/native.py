@@ -73,12 +73,22 @@ def _cpu_id() -> str:
 
 
 def cache_dir() -> Path:
-    """``$WARMUP_SWEEP_CACHE``, else ``$XDG_CACHE_HOME/warmup-sweep``, else ``~/.cache/warmup-sweep``."""
+    """``$WARMUP_SWEEP_CACHE``, else ``$XDG_CACHE_HOME/warmup-sweep``, else ``~/.cache/warmup-sweep``;
+    if that cannot be written (a read-only home, say), a per-user directory under the system's
+    temporary directory."""
     env = os.environ.get("WARMUP_SWEEP_CACHE")
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "warmup-sweep"
+    path = Path(base) / "warmup-sweep"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"warmup-sweep-{uid}"
 
 
 def _compile(out: Path) -> None:

@@ -344,3 +344,15 @@ def test_native_results_do_not_depend_on_the_thread_count() -> None:
         torch.set_num_threads(old)
     for other in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other, strict=True))
+
+
+def test_cache_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unwritable cache home does not cost the kernels: a per-user temporary directory is used."""
+    monkeypatch.delenv("WARMUP_SWEEP_CACHE", raising=False)
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # mkdir under a file fails
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    assert native.cache_dir().parent == tmp_path / "tmp"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert native.cache_dir() == tmp_path / "cache" / "warmup-sweep"
