@@ -331,7 +331,7 @@ def _lstm_forward(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_
 def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep: bool, all_states: bool
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_lstm_forward` as one native call (``lstm_fwd_scan``: the whole time loop, matmuls
-    included, the groups spread over torch's CPU threads); x is read in place, expanded or not.
+    included, the rows cut into lanes over torch's CPU threads); x is read in place, expanded or not.
     Without ``all_states`` the states alternate between two buffers and the last is returned."""
     T = x.size(0)
     G, B, H = h0.shape

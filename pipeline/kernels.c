@@ -1,10 +1,11 @@
-/* Element-wise step kernels of the fused recurrent scans, for float32 on CPU.
+/* Native scans of the recurrent cells (GRU, LSTM, MGU, BRC, nBRC), for float32 on CPU.
  *
- * A scan step on a (rows, H) tile is one matmul (torch, BLAS) and a handful of element-wise
- * operations. As torch kernels each element-wise operation costs a few microseconds of dispatch,
- * several times its arithmetic; here they are one call per step. Built and loaded by
- * pipeline/native.py (plain C, no torch headers); every function has a torch twin in
- * pipeline/fused_gated.py that defines what it must compute, and the tests compare the two.
+ * A scan step on a (rows, H) tile is one small matmul and a handful of element-wise operations.
+ * As torch kernels each element-wise operation costs a few microseconds of dispatch, several times
+ * its arithmetic; here a scan's whole time loop, forward or backward, is one call. Built and loaded
+ * by pipeline/native.py (plain C, no torch headers); every scan has a torch twin in
+ * pipeline/fused.py or pipeline/fused_gated.py that defines what it must compute, and the tests
+ * compare the two.
  *
  * Compiled without -ffast-math: NaN and infinities propagate as in torch (a diverging trial must
  * show up as NaN). Float-to-int conversion in fexp needs -fno-trapping-math to vectorise.
@@ -84,8 +85,8 @@ static void gemm(long m, long n, long k, const float *A, long ars, long acs, con
         }
 }
 
-/* Run work(arg, g) for g = 0..G-1 on up to `threads` threads (the groups of a scan are
- * independent over the whole sequence, so there is no synchronisation per step). */
+/* Run work(arg, g) for g = 0..G-1 on up to `threads` threads (g: a lane, see "Whole scans"; lanes
+ * are independent over the whole sequence, so there is no synchronisation per step). */
 typedef void (*group_fn)(const void *arg, long g);
 struct share { group_fn fn; const void *arg; long first, G, stride; };
 
@@ -275,12 +276,17 @@ struct scan {
     float *P, *TC, *N, *hs, *cs, *GH, *GC, *dw;
 };
 
-/* lane -> group g, first row b0 and row count nb */
+/* lane -> group g, first row b0 within the group and row count nb, for groups of Bg rows cut
+ * into `split` lanes each (lanes_for) */
+static inline void lane_block(long Bg, long split, long lane, long *g, long *b0, long *nb) {
+    const long per = (Bg + split - 1) / split;
+    *g = lane / split;
+    *b0 = (lane % split) * per;
+    *nb = *b0 >= Bg ? 0 : (Bg - *b0 < per ? Bg - *b0 : per);
+}
+
 static inline void lane_rows(const struct scan *a, long lane, long *g, long *b0, long *nb) {
-    const long part = lane % a->split, per = (a->B + a->split - 1) / a->split;
-    *g = lane / a->split;
-    *b0 = part * per;
-    *nb = *b0 >= a->B ? 0 : (a->B - *b0 < per ? a->B - *b0 : per);
+    lane_block(a->B, a->split, lane, g, b0, nb);
 }
 
 /* offset of row (g, b) of slot/step s in a (., G, B, w) buffer */
@@ -333,15 +339,12 @@ static void add_to(long n, float *restrict dst, const float *restrict src) {
     for (long i = 0; i < n; i++) dst[i] += src[i];
 }
 
-static void finish_dw(const struct scan *a, const float *scratch, long width) {
-    if (!a->dw || a->split == 1) return;
-    const long n = a->H * width;
-    for (long g = 0; g < a->G; g++)
-        for (long part = 0; part < a->split; part++) {
-            const float *src = scratch + (g * a->split + part) * n;
-            float *dst = a->dw + g * n;
-            add_to(n, dst, src);
-        }
+/* The lanes' partial sums of n floats (lane l's at scratch + l lane_stride) added, in lane order,
+ * into their group's sum (group g's at dst + g group_stride). */
+static void add_lanes(long lanes, long split, long n, const float *scratch, long lane_stride, float *dst,
+                      long group_stride) {
+    for (long lane = 0; lane < lanes; lane++)
+        add_to(n, dst + (lane / split) * group_stride, scratch + lane * lane_stride);
 }
 
 struct lstm_bwd_args { struct scan s; float *scratch; };
@@ -387,7 +390,7 @@ long lstm_bwd_scan(long T, long G, long B, long H, float *P, const float *TC, co
     if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 4 * H, sizeof(float)))) return -1;
     for_groups(lstm_bwd_lane, &l, lanes, threads);
     if (l.scratch) {
-        finish_dw(&l.s, l.scratch, 4 * H);
+        add_lanes(lanes, l.s.split, H * 4 * H, l.scratch, H * 4 * H, dw, H * 4 * H);
         free(l.scratch);
     }
     return 0;
@@ -447,7 +450,7 @@ long gru_bwd_scan(long T, long G, long B, long H, float *A, const float *RZ, flo
     if (dw && l.s.split > 1 && !(l.scratch = calloc(lanes * H * 3 * H, sizeof(float)))) return -1;
     for_groups(gru_bwd_lane, &l, lanes, threads);
     if (l.scratch) {
-        finish_dw(&l.s, l.scratch, 3 * H);
+        add_lanes(lanes, l.s.split, H * 3 * H, l.scratch, H * 3 * H, dw, H * 3 * H);
         free(l.scratch);
     }
     return 0;
@@ -497,8 +500,9 @@ static void brc_row(long H, long BH, const float *restrict xc, const float *rest
 
 static void brc_fwd_lane(const void *arg, long lane) {
     const struct brc *a = arg;
-    const long per = (a->B + a->split - 1) / a->split, b0 = lane * per;
-    const long b1 = b0 + per < a->B ? b0 + per : a->B, H = a->H, BH = a->B * H;
+    long g, b0, nb;
+    lane_block(a->B, a->split, lane, &g, &b0, &nb);
+    const long b1 = b0 + nb, H = a->H, BH = a->B * H;
     for (long t = 0; t < a->T; t++) {
         const long k = a->keep ? t : 0, s = t % a->slots;
         float *S = a->S ? a->S + k * 3 * BH : NULL;
@@ -551,8 +555,9 @@ struct brc_bwd { struct brc f; float *G, *gwc, *gwa, *scratch; };
 static void brc_bwd_lane(const void *arg, long lane) {
     const struct brc_bwd *l = arg;
     const struct brc *a = &l->f;
-    const long per = (a->B + a->split - 1) / a->split, b0 = lane * per;
-    const long b1 = b0 + per < a->B ? b0 + per : a->B, H = a->H, BH = a->B * H;
+    long g, b0, nb;
+    lane_block(a->B, a->split, lane, &g, &b0, &nb);
+    const long b1 = b0 + nb, H = a->H, BH = a->B * H;
     /* shared weights: this lane's own partial sums; per-row weights: the rows' own gradients */
     float *gwc = a->wb ? l->gwc : l->scratch + lane * 2 * H, *gwa = a->wb ? l->gwa : gwc + H;
     for (long t = a->T - 1; t >= 0; t--)
@@ -575,11 +580,8 @@ long brc_bwd_scan(long T, long B, long H, float *S, const float *hs, const float
     if (!wb && !(l.scratch = calloc(l.f.split * 2 * H, sizeof(float)))) return -1;
     for_groups(brc_bwd_lane, &l, l.f.split, threads);
     if (l.scratch) {
-        for (long lane = 0; lane < l.f.split; lane++)
-            for (long j = 0; j < H; j++) {
-                gwc[j] += l.scratch[lane * 2 * H + j];
-                gwa[j] += l.scratch[lane * 2 * H + H + j];
-            }
+        add_lanes(l.f.split, l.f.split, H, l.scratch, 2 * H, gwc, 0);
+        add_lanes(l.f.split, l.f.split, H, l.scratch + H, 2 * H, gwa, 0);
         free(l.scratch);
     }
     return 0;
@@ -599,13 +601,10 @@ struct nbrc {
     float *S, *hs, *Gr, *gw, *scratch;
 };
 
-/* lane -> rows [b0, b0 + nb) of group g */
-static inline void nbrc_rows(const struct nbrc *a, long lane, long *g, long *b0, long *nb) {
-    const long Bg = a->B / a->G, part = lane % a->split, per = (Bg + a->split - 1) / a->split;
-    *g = lane / a->split;
-    const long first = part * per;
-    *nb = first >= Bg ? 0 : (Bg - first < per ? Bg - first : per);
-    *b0 = *g * Bg + first;
+/* lane -> rows [b0, b0 + nb) of the batch, in group g (B / G consecutive rows a group) */
+static inline void block_rows(long B, long G, long split, long lane, long *g, long *b0, long *nb) {
+    lane_block(B / G, split, lane, g, b0, nb);
+    *b0 += *g * (B / G);
 }
 
 /* One row of one step: qc, qs hold the recurrent products (h Wc^T, h Wa^T) and become c, a / 2;
@@ -641,7 +640,7 @@ static void nbrc_bwd_row(long H, float *restrict qc, float *restrict qs, float *
 static void nbrc_fwd_lane(const void *arg, long lane) {
     const struct nbrc *a = arg;
     long g, b0, nb;
-    nbrc_rows(a, lane, &g, &b0, &nb);
+    block_rows(a->B, a->G, a->split, lane, &g, &b0, &nb);
     const long H = a->H, BH = a->B * H;
     for (long t = 0; t < a->T; t++) {
         const long k = a->keep ? t : 0, s = t % a->slots;
@@ -672,7 +671,7 @@ void nbrc_fwd_scan(long T, long B, long H, long G, const float *xc, long xct, lo
 static void nbrc_bwd_lane(const void *arg, long lane) {
     const struct nbrc *a = arg;
     long g, b0, nb;
-    nbrc_rows(a, lane, &g, &b0, &nb);
+    block_rows(a->B, a->G, a->split, lane, &g, &b0, &nb);
     const long H = a->H, BH = a->B * H;
     const float *W2 = a->W + g * 2 * H * H;
     float *gw = a->gw ? (a->split == 1 ? a->gw + g * 2 * H * H : a->scratch + lane * 2 * H * H) : NULL;
@@ -700,12 +699,7 @@ long nbrc_bwd_scan(long T, long B, long H, long G, float *S, const float *hs, co
     if (gw && a.split > 1 && !(a.scratch = calloc(lanes * 2 * H * H, sizeof(float)))) return -1;
     for_groups(nbrc_bwd_lane, &a, lanes, threads);
     if (a.scratch) {
-        const long n = 2 * H * H;
-        for (long lane = 0; lane < lanes; lane++) {
-            float *dst = gw + (lane / a.split) * n;
-            const float *src = a.scratch + lane * n;
-            add_to(n, dst, src);
-        }
+        add_lanes(lanes, a.split, 2 * H * H, a.scratch, 2 * H * H, gw, 2 * H * H);
         free(a.scratch);
     }
     return 0;
@@ -724,14 +718,6 @@ struct mgu {
     const float *Uf, *Un, *h0; /* forward: transposed (G, H, H); backward: as they are */
     float *F, *R, *N, *hs, *DZF, *Gr, *gUf, *gUn, *scratch, *E;
 };
-
-static inline void mgu_rows(const struct mgu *a, long lane, long *g, long *b0, long *nb) {
-    const long Bg = a->B / a->G, part = lane % a->split, per = (Bg + a->split - 1) / a->split;
-    *g = lane / a->split;
-    const long first = part * per;
-    *nb = first >= Bg ? 0 : (Bg - first < per ? Bg - first : per);
-    *b0 = *g * Bg + first;
-}
 
 static void mgu_gate_row(long H, const float *restrict xf, const float *restrict hp, float *restrict f,
                          float *restrict r) {
@@ -754,7 +740,7 @@ static void mgu_out_row(long H, const float *restrict xn, const float *restrict 
 static void mgu_fwd_lane(const void *arg, long lane) {
     const struct mgu *a = arg;
     long g, b0, nb;
-    mgu_rows(a, lane, &g, &b0, &nb);
+    block_rows(a->B, a->G, a->split, lane, &g, &b0, &nb);
     const long H = a->H, BH = a->B * H;
     const float *UfT = a->Uf + g * H * H, *UnT = a->Un + g * H * H;
     for (long t = 0; t < a->T; t++) {
@@ -801,7 +787,7 @@ static void mgu_bwd_f_row(long H, const float *restrict f, const float *restrict
 static void mgu_bwd_lane(const void *arg, long lane) {
     const struct mgu *a = arg;
     long g, b0, nb;
-    mgu_rows(a, lane, &g, &b0, &nb);
+    block_rows(a->B, a->G, a->split, lane, &g, &b0, &nb);
     const long H = a->H, BH = a->B * H;
     const float *Uf = a->Uf + g * H * H, *Un = a->Un + g * H * H;
     float *gUf = NULL, *gUn = NULL;
@@ -844,12 +830,8 @@ long mgu_bwd_scan(long T, long B, long H, long G, float *F, float *R, float *N, 
     }
     for_groups(mgu_bwd_lane, &a, lanes, threads);
     if (a.scratch) {
-        const long n = H * H;
-        for (long lane = 0; lane < lanes; lane++) {
-            const long g = lane / a.split;
-            add_to(n, gUf + g * n, a.scratch + lane * 2 * n);
-            add_to(n, gUn + g * n, a.scratch + lane * 2 * n + n);
-        }
+        add_lanes(lanes, a.split, H * H, a.scratch, 2 * H * H, gUf, H * H);
+        add_lanes(lanes, a.split, H * H, a.scratch + H * H, 2 * H * H, gUn, H * H);
         free(a.scratch);
     }
     free(a.E);
