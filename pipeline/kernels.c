@@ -54,28 +54,58 @@ static inline float ftanh(float x) {
 
 /* ---------------------------------------------------------------------------------------
  * Small matrix products: C (m x n, row stride ldc) (+)= A (m x k, element (i, p) at
- * A[i ars + p acs]) W (k x n, row stride ldw). Register tiles of 4 rows x 16 columns (one AVX-512
- * register, two AVX2 ones); the remaining columns one at a time. On the (32 x 64) x (64 x 256)
- * products of a scan step this runs as fast as MKL does through torch, without its dispatch.
+ * A[i ars + p acs]) W (k x n, row stride ldw). Register tiles of 4 rows x 16 columns, the 16
+ * columns held in registers of the machine's own width (one AVX-512 register, two AVX ones, four
+ * SSE/NEON ones: GCC spills a generic vector wider than the target's registers to memory, which
+ * made the products 6x slower on AVX2); the remaining columns one at a time. Every element is
+ * summed over p in the same order whatever the width, so results do not depend on it. On the
+ * (32 x 64) x (64 x 256) products of a scan step this runs as fast as MKL does through torch,
+ * without its dispatch.
  * ------------------------------------------------------------------------------------- */
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-#define VL 16
-#define TR 4
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(4)));
+#define GEMM_COLS 16   /* tile columns */
+#define NV (GEMM_COLS / VW)/* registers per tile row */
+#define TR 4           /* tile rows */
+/* Keeps a loaded vector in a register: GCC would otherwise fold the load into each of the TR
+ * multiply-adds that use it, loading it TR times (the loads then bound the product on AVX2). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define REG(v) __asm__("" : "+x"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define REG(v) __asm__("" : "+w"(v))
+#else
+#define REG(v) ((void)0)
+#endif
 
 static void gemm(long m, long n, long k, const float *A, long ars, long acs, const float *W, long ldw,
                  float *C, long ldc, int beta) {
-    const long nb = n - n % VL, mb = m - m % TR;
+    const long nb = n - n % GEMM_COLS, mb = m - m % TR;
     for (long i = 0; i < mb; i += TR)
-        for (long j = 0; j < nb; j += VL) {
-            vf c[TR];
+        for (long j = 0; j < nb; j += GEMM_COLS) {
+            vf c[TR][NV];
             for (int r = 0; r < TR; r++)
-                c[r] = beta ? *(const vf *)(C + (i + r) * ldc + j) : (vf){0};
+                for (int v = 0; v < NV; v++)
+                    c[r][v] = beta ? *(const vf *)(C + (i + r) * ldc + j + v * VW) : (vf){0};
             for (long p = 0; p < k; p++) {
-                const vf w = *(const vf *)(W + p * ldw + j);
-                for (int r = 0; r < TR; r++) c[r] += A[(i + r) * ars + p * acs] * w;
+                vf w[NV];
+                for (int v = 0; v < NV; v++) {
+                    w[v] = *(const vf *)(W + p * ldw + j + v * VW);
+                    REG(w[v]);
+                }
+                for (int r = 0; r < TR; r++) {
+                    const float a = A[(i + r) * ars + p * acs];
+                    for (int v = 0; v < NV; v++) c[r][v] += a * w[v];
+                }
             }
-            for (int r = 0; r < TR; r++) *(vf *)(C + (i + r) * ldc + j) = c[r];
+            for (int r = 0; r < TR; r++)
+                for (int v = 0; v < NV; v++) *(vf *)(C + (i + r) * ldc + j + v * VW) = c[r][v];
         }
     for (long i = 0; i < m; i++)
         for (long j = i < mb ? nb : 0; j < n; j++) {
