@@ -1,9 +1,11 @@
 """Two ways of running the same warm-up and train steps, alternated in one process (the fair way
 to compare them on a noisy shared machine): the native CPU kernels against the torch code, or
-grouped scans against one cell at a time.
+grouped scans against one cell at a time, or the ragged prefix pass of the warm-up's state
+sampling against one pass over the whole sequence.
 
     PYTHONPATH=. python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
     PYTHONPATH=. python benchmarks/ab.py --what group --cells gru brc --replicas 4
+    PYTHONPATH=. python benchmarks/ab.py --what ragged --cells lstm gru
 
 Each round runs, for each side, ``--warmups`` warm-up steps (at schedule step 20, S drawn from the
 same seeds on both sides, so both do the same work) and ``--trains`` train steps of ``--replicas``
@@ -21,18 +23,21 @@ import time
 
 import torch
 
+from pipeline import multistability
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
 from pipeline.model import build_model, forward_group
 from pipeline.tasks import Split
 from pipeline.warmup import warmup_step_group
 
-SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone")}
+SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone"), "ragged": ("ragged", "full")}
 
 
 def _use(what: str, side: str, cell_class: type) -> None:
     """Switch the process to ``side``."""
     if what == "native":
         os.environ["WARMUP_SWEEP_NATIVE"] = "1" if side == "native" else "0"
+    elif what == "ragged":
+        multistability.RAGGED_PREFIX = side == "ragged"
     else:
         cell_class.groups_well = classmethod(lambda cls, device, on=side == "grouped": on)
 
@@ -90,6 +95,7 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
                     t.append(time.perf_counter() - t0)
                 times[side][1].append(1e3 * statistics.median(t))
     finally:
+        multistability.RAGGED_PREFIX = True
         if switch is None:
             os.environ.pop("WARMUP_SWEEP_NATIVE", None)
         else:
