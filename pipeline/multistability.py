@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pipeline import native
 from pipeline.cells import State, run_group
 from pipeline.config import VaaConfig
 from pipeline.model import ParallelNet, layer_states_group
@@ -82,15 +83,17 @@ def sample_states_group(nets: Sequence[ParallelNet], xs: Sequence[Tensor], lengt
     """:func:`sample_states` for several networks of one configuration (seed replicas), each on its
     own inputs and prefix lengths.
 
-    Where the networks' scans run grouped (GPUs), each layer of all networks is one grouped scan
-    over the whole sequence. Elsewhere (CPUs, where a step costs in proportion to its rows) each
+    Where the networks' scans run grouped (GPUs), or on the torch code, each layer of all networks
+    is one grouped scan over the whole sequence. With the native CPU kernels (where a step costs in
+    proportion to its rows, and where the ragged pass was measured faster) each
     network runs :func:`ragged_prefix`: rows sorted by length, the batch narrowing by blocks of
     ``PREFIX_ROWS`` rows as prefixes end, so that a step past a row's own ``c_i`` is only computed
     while another row of its block still needs it.
     """
     first = next(nets[0].layers[0].parts())[0]
     device = xs[0].device
-    if RAGGED_PREFIX and device.type == "cpu" and (len(nets) == 1 or not type(first).groups_well(device)):
+    if (RAGGED_PREFIX and device.type == "cpu" and native.usable(xs[0]) is not None
+            and (len(nets) == 1 or not type(first).groups_well(device))):
         return [ragged_prefix(net, x, n, detach=detach) for net, x, n in zip(nets, xs, lengths, strict=True)]
     picks = [(to_device(n - 1, x.device), torch.arange(x.size(1), device=x.device))
              for n, x in zip(lengths, xs, strict=True)]
