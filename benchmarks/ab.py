@@ -59,6 +59,7 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
     cell_class = type(nets[0].layers[0].warm)
     saved = cell_class.__dict__.get("groups_well")
     switch = os.environ.get("WARMUP_SWEEP_NATIVE")
+    ragged = multistability.RAGGED_PREFIX
 
     def warmup(i: int) -> None:
         gens = [torch.Generator().manual_seed(1000 * i + r) for r in range(len(nets))]
@@ -95,7 +96,7 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
                     t.append(time.perf_counter() - t0)
                 times[side][1].append(1e3 * statistics.median(t))
     finally:
-        multistability.RAGGED_PREFIX = True
+        multistability.RAGGED_PREFIX = ragged
         if switch is None:
             os.environ.pop("WARMUP_SWEEP_NATIVE", None)
         else:

@@ -72,7 +72,7 @@ static inline float ftanh(float x) {
 #endif
 typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(4)));
 #define GEMM_COLS 16   /* tile columns */
-#define NV (GEMM_COLS / VW)/* registers per tile row */
+#define NV (GEMM_COLS / VW) /* registers per tile row */
 #define TR 4           /* tile rows */
 /* Keeps a loaded vector in a register: GCC would otherwise fold the load into each of the TR
  * multiply-adds that use it, loading it TR times (the loads then bound the product on AVX2). */

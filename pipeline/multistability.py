@@ -90,10 +90,8 @@ def sample_states_group(nets: Sequence[ParallelNet], xs: Sequence[Tensor], lengt
     ``PREFIX_ROWS`` rows as prefixes end, so that a step past a row's own ``c_i`` is only computed
     while another row of its block still needs it.
     """
-    first = next(nets[0].layers[0].parts())[0]
-    device = xs[0].device
-    if (RAGGED_PREFIX and device.type == "cpu" and native.usable(xs[0]) is not None
-            and (len(nets) == 1 or not type(first).groups_well(device))):
+    # with the native kernels no cell groups (Cell.groups_well), so each network runs alone anyway
+    if RAGGED_PREFIX and native.usable(xs[0]) is not None:
         return [ragged_prefix(net, x, n, detach=detach) for net, x, n in zip(nets, xs, lengths, strict=True)]
     picks = [(to_device(n - 1, x.device), torch.arange(x.size(1), device=x.device))
              for n, x in zip(lengths, xs, strict=True)]
@@ -137,8 +135,8 @@ def prefix_segments(lengths: Sequence[int], rows: int = PREFIX_ROWS) -> list[tup
         blocks = -(-alive // rows)
         width = min(B, blocks * rows)
         # the width drops once at most (blocks - 1) * rows prefixes are longer than t, that is
-        # from t = ls[(blocks - 1) * rows]; the last block runs to the longest prefix
-        t1 = ls[(blocks - 1) * rows] if blocks > 1 else ls[0]
+        # from t = ls[(blocks - 1) * rows] (for the last block, the longest prefix: the end)
+        t1 = ls[(blocks - 1) * rows]
         segs.append((t0, t1, width))
         t0 = t1
     return segs
