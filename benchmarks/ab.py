@@ -1,11 +1,16 @@
 """Two ways of running the same warm-up and train steps, alternated in one process (the fair way
 to compare them on a noisy shared machine): the native CPU kernels against the torch code, or
-grouped scans against one cell at a time, or the ragged prefix pass of the warm-up's state
-sampling against one pass over the whole sequence.
+grouped scans against one cell at a time, the ragged prefix pass of the warm-up's state
+sampling against one pass over the whole sequence, or subnormal floats flushed to zero (a trial's
+CPU float mode, :func:`pipeline.seeding.flush_denormals`) against IEEE gradual underflow.
 
     PYTHONPATH=. python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
     PYTHONPATH=. python benchmarks/ab.py --what group --cells gru brc --replicas 4
     PYTHONPATH=. python benchmarks/ab.py --what ragged --cells lstm gru
+    PYTHONPATH=. python benchmarks/ab.py --what flush --loss-scale 1e-36 --seq-len 300
+
+``--loss-scale`` multiplies the train loss: 1e-36 puts every gradient of the train step in or near
+the subnormal range (below 1.2e-38), the worst case of gradients that decay over long sequences.
 
 Each round runs, for each side, ``--warmups`` warm-up steps (at schedule step 20, S drawn from the
 same seeds on both sides, so both do the same work) and ``--trains`` train steps of ``--replicas``
@@ -26,10 +31,12 @@ import torch
 from pipeline import multistability
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
 from pipeline.model import build_model, forward_group
+from pipeline.seeding import flush_denormals
 from pipeline.tasks import Split
 from pipeline.warmup import warmup_step_group
 
-SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone"), "ragged": ("ragged", "full")}
+SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone"), "ragged": ("ragged", "full"),
+         "flush": ("flush", "ieee")}
 
 
 def _use(what: str, side: str, cell_class: type) -> None:
@@ -38,6 +45,8 @@ def _use(what: str, side: str, cell_class: type) -> None:
         os.environ["WARMUP_SWEEP_NATIVE"] = "1" if side == "native" else "0"
     elif what == "ragged":
         multistability.RAGGED_PREFIX = side == "ragged"
+    elif what == "flush":
+        torch.set_flush_denormal(side == "flush")
     else:
         cell_class.groups_well = classmethod(lambda cls, device, on=side == "grouped": on)
 
@@ -68,6 +77,7 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
     def train() -> None:
         outs = forward_group(nets, xs, 1)
         loss = sum(torch.nn.functional.mse_loss(o, x[:1]) for o, x in zip(outs, xs, strict=True))
+        loss = loss * args.loss_scale
         for o in topts:
             o.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
@@ -97,6 +107,7 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
                 times[side][1].append(1e3 * statistics.median(t))
     finally:
         multistability.RAGGED_PREFIX = ragged
+        flush_denormals()
         if switch is None:
             os.environ.pop("WARMUP_SWEEP_NATIVE", None)
         else:
@@ -123,12 +134,15 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmups", type=int, default=6)
     p.add_argument("--trains", type=int, default=8)
+    p.add_argument("--loss-scale", type=float, default=1.0, help="factor on the train loss")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    flush_denormals()
     for cell in args.cells:
         for side, res in run(cell, args.what, args).items():
             print(json.dumps({"cell": cell, "side": side, "replicas": args.replicas, "threads": args.threads,
-                              "hidden": args.hidden, "seq_len": args.seq_len, "batch": args.batch, **res}))
+                              "hidden": args.hidden, "seq_len": args.seq_len, "batch": args.batch,
+                              "loss_scale": args.loss_scale, **res}))
     return 0
 
 

@@ -24,7 +24,7 @@ import torch
 
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
 from pipeline.model import build_model, forward_group
-from pipeline.seeding import resolve_device
+from pipeline.seeding import flush_denormals, resolve_device
 from pipeline.tasks import Split
 from pipeline.warmup import warmup_step_group
 
@@ -48,6 +48,7 @@ def make_steps(cell: str, hidden: int, seq_len: int, batch: int, layers: int, de
     """The warm-up step and the train step that :func:`bench` times, as two closures over
     ``replicas`` fully warmed networks (f = 1), seeds 0..R-1, run grouped as a trial's seed
     replicas are (also used by ``benchmarks/profile_step.py``)."""
+    flush_denormals()  # the CPU float mode of a trial
     nets, datas, wopts, topts, xs, ys = [], [], [], [], [], []
     wcfg = WarmupConfig(batch_size=batch)
     for r in range(replicas):
@@ -116,12 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    flush = flush_denormals()  # as a trial runs
     res = bench(args.cell, args.hidden, args.seq_len, args.batch, args.layers, device, args.reps,
                 args.replicas)
     out = {"impl": "warmup-sweep", "cell": args.cell, "hidden": args.hidden,
            "seq_len": args.seq_len, "batch": args.batch, "layers": args.layers,
            "replicas": args.replicas,
-           "device": str(device), "threads": torch.get_num_threads(), **res}
+           "device": str(device), "threads": torch.get_num_threads(), "flush_denormal": flush, **res}
     if torch.cuda.is_available() and device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     print(json.dumps(out) if args.json else

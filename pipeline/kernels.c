@@ -11,6 +11,9 @@
  * show up as NaN). Float-to-int conversion in fexp needs -fno-trapping-math to vectorise.
  */
 #include <pthread.h>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,22 +121,47 @@ static void gemm(long m, long n, long k, const float *A, long ars, long acs, con
 /* Run work(arg, g) for g = 0..G-1 on up to `threads` threads (g: a lane, see "Whole scans"; lanes
  * are independent over the whole sequence, so there is no synchronisation per step). */
 typedef void (*group_fn)(const void *arg, long g);
-struct share { group_fn fn; const void *arg; long first, G, stride; };
+
+/* The caller's floating-point control word (x86 MXCSR, AArch64 FPCR), set on every thread that
+ * runs a lane: with flush-to-zero on the caller (torch.set_flush_denormal, pipeline/seeding.py),
+ * the lanes flush too. Threads of a pool started before the caller set it would keep the old
+ * mode, and one lane computing with subnormals runs many times slower than the others. */
+#if defined(__SSE__) || defined(__x86_64__)
+typedef unsigned int fpmode;
+static inline fpmode get_fpmode(void) { return _mm_getcsr(); }
+static inline void set_fpmode(fpmode m) { if (_mm_getcsr() != m) _mm_setcsr(m); }
+#elif defined(__aarch64__)
+typedef unsigned long fpmode;
+static inline fpmode get_fpmode(void) { fpmode m; __asm__ volatile("mrs %0, fpcr" : "=r"(m)); return m; }
+static inline void set_fpmode(fpmode m) { if (get_fpmode() != m) __asm__ volatile("msr fpcr, %0" : : "r"(m)); }
+#else
+typedef int fpmode;
+static inline fpmode get_fpmode(void) { return 0; }
+static inline void set_fpmode(fpmode m) { (void)m; }
+#endif
+
+struct share { group_fn fn; const void *arg; long first, G, stride; fpmode mode; };
 
 static void *run_share(void *p) {
     const struct share *s = p;
+    set_fpmode(s->mode);
     for (long g = s->first; g < s->G; g += s->stride) s->fn(s->arg, g);
     return NULL;
 }
 
 static void for_groups(group_fn fn, const void *arg, long G, long threads) {
     if (threads > G) threads = G;
+    const fpmode mode = get_fpmode();
 #ifdef _OPENMP
     /* torch's own OpenMP runtime (the same libgomp is loaded once per process) and its threads:
      * fresh threads would compete with torch's, which spin for a while after each of its ops */
     if (threads > 1) {
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-        for (long g = 0; g < G; g++) fn(arg, g);
+#pragma omp parallel num_threads(threads)
+        {
+            set_fpmode(mode);
+#pragma omp for schedule(static, 1)
+            for (long g = 0; g < G; g++) fn(arg, g);
+        }
         return;
     }
 #endif
@@ -146,15 +174,15 @@ static void for_groups(group_fn fn, const void *arg, long G, long threads) {
     struct share shares[64];
     long started = 0;
     for (long k = 1; k < threads; k++) {
-        shares[k] = (struct share){fn, arg, k, G, threads};
+        shares[k] = (struct share){fn, arg, k, G, threads, mode};
         if (pthread_create(&ids[k], NULL, run_share, &shares[k]) != 0) break;
         started = k;
     }
     /* groups of threads that could not start run here */
-    shares[0] = (struct share){fn, arg, 0, G, threads};
+    shares[0] = (struct share){fn, arg, 0, G, threads, mode};
     run_share(&shares[0]);
     for (long k = started + 1; k < threads; k++) {
-        struct share rest = {fn, arg, k, G, threads};
+        struct share rest = {fn, arg, k, G, threads, mode};
         run_share(&rest);
     }
     for (long k = 1; k <= started; k++) pthread_join(ids[k], NULL);

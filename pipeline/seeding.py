@@ -1,8 +1,29 @@
-"""Explicit seeding and device choice for one trial."""
+"""Explicit seeding, device choice and CPU float mode for one trial."""
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+FLUSH_SWITCH = "WARMUP_SWEEP_FLUSH_DENORMAL"
+"""Set to 0 to keep subnormal floats on the CPU (IEEE gradual underflow) instead of flushing them."""
+
+
+def flush_denormals() -> bool:
+    """Flush subnormal float32 values to zero on the CPU (x86 FTZ/DAZ, ARM FZ), unless
+    ``WARMUP_SWEEP_FLUSH_DENORMAL`` is 0/false/no/off. Returns whether flushing is now on.
+
+    Gradients through long sequences, and the differences between states converging to one
+    attractor, decay geometrically into the subnormal range (below 1.2e-38), where many x86 cores
+    run each operation on them through a microcode assist, tens of times slower than on normal
+    floats; on others the cost is small (BENCHMARKS.md, ``benchmarks/ab.py --what flush``).
+    Flushing changes no value above 1.2e-38 (GPUs flush such values in most kernels anyway). It
+    is the calling thread's mode, which the native kernels (:mod:`pipeline.native`) give their
+    lanes on every thread; threads that torch starts later inherit it.
+    """
+    on = os.environ.get(FLUSH_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return bool(torch.set_flush_denormal(on)) and on
 
 
 def seed_trial(seed: int) -> tuple[torch.Generator, torch.Generator]:

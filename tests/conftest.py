@@ -28,3 +28,12 @@ def ray_session() -> Iterator[str]:
         yield ctx.address_info["gcs_address"]
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trial_float_mode() -> None:
+    """Every test computes in the CPU float mode trials run in (subnormals flushed, see
+    :func:`pipeline.seeding.flush_denormals`), whichever test runs a trial first."""
+    from pipeline.seeding import flush_denormals
+
+    flush_denormals()

@@ -177,3 +177,24 @@ def test_one_diverging_replica_does_not_stop_the_others(monkeypatch: pytest.Monk
     rec = run_trial(tiny(seed=0, replicas=2))
     assert [r["status"] for r in rec["per_seed"]] == ["completed", "diverged"]
     assert rec["status"] == "diverged" and rec["per_seed"][0]["test_loss"] is not None
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_trial_flushes_subnormals_unless_switched_off(switch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial computes with subnormal floats flushed to zero on the CPU (their arithmetic can be
+    many times slower), unless ``WARMUP_SWEEP_FLUSH_DENORMAL=0`` keeps IEEE gradual underflow."""
+    import torch
+
+    from pipeline.seeding import FLUSH_SWITCH, flush_denormals
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    monkeypatch.setenv(FLUSH_SWITCH, switch)
+    torch.set_flush_denormal(switch == "0")  # the other mode before the trial
+    try:
+        assert run_trial(tiny())["status"] == "completed"
+        kept = torch.tensor([1e-39]).item()
+    finally:
+        monkeypatch.delenv(FLUSH_SWITCH)
+        flush_denormals()
+    assert (kept == 0.0) == (switch == "1")

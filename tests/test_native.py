@@ -20,6 +20,7 @@ from torch import Tensor
 from pipeline import fused, native
 from pipeline import fused_gated as fg
 from pipeline.cells import LSTM
+from pipeline.seeding import flush_denormals
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang")) or bool(os.environ.get("CC"))
 
@@ -309,6 +310,36 @@ def test_native_brc_nbrc_mgu_scans_are_as_accurate_as_the_torch_code(
     finally:
         torch.set_num_threads(old)
     _assert_as_accurate(errs["1"], errs["0"])
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+@pytest.mark.parametrize("flush", [True, False])
+def test_native_lanes_compute_in_the_callers_float_mode(flush: bool) -> None:
+    """Every lane, on whichever of torch's threads it runs, flushes subnormals exactly when the
+    calling thread does (:func:`pipeline.seeding.flush_denormals`), whatever mode those threads
+    were started in. A BRC with its update gate saturated at 1 keeps h' = h, so a state of 1e-39
+    (subnormal) stays 1e-39 bit for bit in IEEE mode and becomes 0 when flushed."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    T, B, H = 3, 32, 16  # 4 lanes of 8 rows over 2 threads
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.set_flush_denormal(not flush)  # threads first used in the other mode
+        fused.brc_scan(*[torch.zeros(T, B, H)] * 3, torch.zeros(H), torch.zeros(H), torch.ones(B, H))
+        torch.set_flush_denormal(False)
+        h0 = torch.full((B, H), 1e-39)  # made in IEEE mode (a flushing fill would store 0)
+        assert h0.abs().min() > 0
+        torch.set_flush_denormal(flush)
+        zero = torch.zeros(T, B, H)
+        hs = fused.brc_scan(torch.full((T, B, H), 100.0), zero, zero, torch.zeros(H), torch.zeros(H), h0)
+        torch.set_flush_denormal(False)
+        assert native.usable(h0) is not None
+        expected = torch.zeros(T, B, H) if flush else h0.expand(T, B, H)
+        assert torch.equal(hs, expected)
+    finally:
+        torch.set_num_threads(old)
+        flush_denormals()
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
