@@ -3,8 +3,10 @@
 Every cell maps a time-major input ``x`` of shape ``(T, B, I)`` and an optional state (a tuple of
 ``(B, H)`` tensors: ``(h,)`` or ``(h, c)``) to the output sequence ``(T, B, H)`` and the final state.
 ``forward_states`` returns every step's state instead (one ``(T, B, H)`` tensor per state component),
-which hidden-state sampling needs. The input projections of all time steps are one matmul; BRC, nBRC
-and MGU then run their recurrence through :mod:`pipeline.fused`.
+which hidden-state sampling needs; ``final_state`` the final state alone, which the warm-up's
+stabilisation runs need (its backward then starts from the final state's gradients only). The
+input projections of all time steps are one matmul; BRC, nBRC and MGU then run their recurrence
+through :mod:`pipeline.fused`, GRU and LSTM through :mod:`pipeline.fused_gated` where it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ State = tuple[Tensor, ...]
 
 
 class Cell(nn.Module):
-    """Common interface. Subclasses implement :meth:`forward_states`."""
+    """Common interface. Subclasses implement :meth:`_states`."""
 
     n_state: int = 1
 
@@ -35,6 +37,15 @@ class Cell(nn.Module):
 
     def forward_states(self, x: Tensor, state: State | None = None) -> State:
         """Every step's state: a tuple of ``(T, B, H)`` tensors (the first one is the output)."""
+        return self._states(x, state, final_only=False)
+
+    def final_state(self, x: Tensor, state: State | None = None) -> State:
+        """The final state alone, a tuple of ``(B, H)`` tensors, with gradients. The scans return
+        just those, so the backward builds no ``(T, B, H)`` gradients of zeros for the other steps."""
+        return self._states(x, state, final_only=True)
+
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
+        """:meth:`forward_states`, or with ``final_only`` its last step."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -86,20 +97,20 @@ class GRU(Cell):
         nn.init.zeros_(self.rnn.bias_ih_l0)
         nn.init.zeros_(self.rnn.bias_hh_l0)
 
-    def _scan(self, x: Tensor, state: State | None) -> Tensor:
+    def _scan(self, x: Tensor, state: State | None, final_only: bool = False) -> Tensor:
         """The fused scan (CPU): input projections in one matmul, then :func:`fused_gated.gru_scan`."""
         r = self.rnn
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xp = _project(x, r.weight_ih_l0, r.bias_ih_l0).unsqueeze(1)  # (T, 1, B, 3H)
         return fused_gated.gru_scan(xp, r.weight_hh_l0.T.unsqueeze(0), r.bias_hh_l0.unsqueeze(0),
-                                    h0.unsqueeze(0)).squeeze(1)
+                                    h0.unsqueeze(0), final_only=final_only).squeeze(-3)
 
-    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
         if x.device.type == "cpu":
-            return (self._scan(x, state),)
+            return (self._scan(x, state, final_only),)
         h0 = None if state is None else state[0].unsqueeze(0).contiguous()
-        y, _ = self.rnn(x, h0)  # (T, B, H)
-        return (y,)
+        y, h = self.rnn(x, h0)  # (T, B, H), (1, B, H)
+        return (h[0],) if final_only else (y,)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if x.device.type == "cpu":
@@ -117,7 +128,7 @@ class GRU(Cell):
         hs = fused_gated.gru_scan(X, torch.stack([r.weight_hh_l0.T for r in rs]),
                                   torch.stack([r.bias_hh_l0 for r in rs]),
                                   torch.stack([s[0] for s in states]))
-        return [(hs[:, g],) for g in range(len(cells))]
+        return [(h,) for h in hs.unbind(1)]  # (its backward stacks, with no zero-filled buffers)
 
 
 class LSTM(Cell):
@@ -151,10 +162,16 @@ class LSTM(Cell):
         y, (h, c) = self.rnn(x, hc)
         return y, (h[0], c[0])
 
-    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
         state = self.zero_state(x.size(1), x) if state is None else state
-        if self._native(x):
-            return type(self).group_states([self], [x], [state])[0]
+        if self._native(x):  # one scan in torch's gate order, the native kernels' own
+            r = self.rnn
+            X = _project(x, r.weight_ih_l0, r.bias_ih_l0 + r.bias_hh_l0).unsqueeze(1)  # (T, 1, B, 4H)
+            hc = fused_gated.lstm_scan(X, r.weight_hh_l0.T.unsqueeze(0), state[0].unsqueeze(0),
+                                       state[1].unsqueeze(0), order="ifgo", final_only=final_only)
+            return tuple(s.squeeze(-3) for s in hc)
+        if final_only:
+            return self.forward(x, state)[1]
         y, _ = self.forward(x, state)  # (T, B, H)
         r, H = self.rnn, self.hidden_size
         T, B, I = x.shape
@@ -180,7 +197,7 @@ class LSTM(Cell):
         hs, cs = fused_gated.lstm_scan(X, torch.stack([r.weight_hh_l0[perm].T for r in rs]),
                                        torch.stack([s[0] for s in states]),
                                        torch.stack([s[1] for s in states]), order=order)
-        return [(hs[:, g], cs[:, g]) for g in range(len(cells))]
+        return list(zip(hs.unbind(1), cs.unbind(1), strict=True))
 
 
 class Chrono(LSTM):
@@ -216,10 +233,10 @@ class MGU(Cell):
         nn.init.xavier_uniform_(self.weight_f)
         nn.init.xavier_uniform_(self.weight_n)
 
-    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xf, xn = _project(x, self.weight_x, self.bias).chunk(2, dim=-1)  # (T, B, H) each
-        return (fused.mgu_scan(xf, xn, self.weight_f, self.weight_n, h0),)
+        return (fused.mgu_scan(xf, xn, self.weight_f, self.weight_n, h0, final_only=final_only),)
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -240,10 +257,10 @@ class BRC(Cell):
         self.w_a = nn.Parameter(torch.ones(H))
         _block_init(self.weight_x, 3, nn.init.xavier_uniform_)
 
-    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
-        return (fused.brc_scan(xc, xa, xh, self.w_c, self.w_a, h0),)
+        return (fused.brc_scan(xc, xa, xh, self.w_c, self.w_a, h0, final_only=final_only),)
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -266,10 +283,10 @@ class NBRC(Cell):
         nn.init.xavier_uniform_(self.weight_c)
         nn.init.xavier_uniform_(self.weight_a)
 
-    def forward_states(self, x: Tensor, state: State | None = None) -> State:
+    def _states(self, x: Tensor, state: State | None, final_only: bool) -> State:
         h0 = self.zero_state(x.size(1), x)[0] if state is None else state[0]
         xc, xa, xh = _project(x, self.weight_x, self.bias).chunk(3, dim=-1)
-        return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0),)
+        return (fused.nbrc_scan(xc, xa, xh, self.weight_c, self.weight_a, h0, final_only=final_only),)
 
     @classmethod
     def group_states(cls, cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State]
@@ -293,10 +310,12 @@ def _stack_projections(items: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor
 
     When every input is constant in time (the stabilisation), one step is stacked and expanded.
     """
-    projs = [_project(x, w, b) for x, w, b in items]
-    if projs[0].size(0) > 1 and all(p.stride(0) == 0 for p in projs):
-        return torch.stack([p[:1] for p in projs], dim=1).expand(projs[0].size(0), -1, -1, -1)
-    return torch.stack(projs, dim=1)
+    T = items[0][0].size(0)
+    if T > 1 and all(x.stride(0) == 0 for x, _, _ in items):  # (no slice of an expanded projection,
+        # whose backward would fill a (T, B, kH) buffer of zeros)
+        one = [torch.nn.functional.linear(x[:1], w, b) for x, w, b in items]
+        return torch.stack(one, dim=1).expand(T, -1, -1, -1)
+    return torch.stack([_project(x, w, b) for x, w, b in items], dim=1)
 
 
 def _side_by_side(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State], scan,
@@ -318,7 +337,7 @@ def _side_by_side(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[
     if per_row:
         ws = [w.unsqueeze(1).expand(G, B, -1).reshape(G * B, -1) for w in ws]
     hs = scan(*parts, *ws, torch.cat([s[0] for s in states]))  # (T, G B, H)
-    return [(hs[:, g * B:(g + 1) * B],) for g in range(G)]
+    return [(h,) for h in hs.split(B, dim=1)]
 
 
 def run_group(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[State | None] | None = None,

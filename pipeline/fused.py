@@ -240,12 +240,27 @@ def _gram_prev(x: Tensor, h0: Tensor, hs: Tensor, groups: int = 0) -> Tensor:
     return torch.addmm(x[0].T @ h0, x[1:].reshape(-1, K).T, hs[:-1].reshape(-1, H))
 
 
-def _grad_buffer(go: Tensor) -> Tensor:
-    """(T+1, B, H) buffer: index 0 (for h0) zero, indices 1.. the incoming gradients of hs."""
-    G = go.new_empty((go.size(0) + 1, *go.shape[1:]))
-    G[0].zero_()
-    G[1:].copy_(go)
+def _grad_buffer(go: Tensor | None, hs: Tensor) -> Tensor:
+    """(T+1, ...) buffer for the states hs, (T, ...): index 0 (for h0) zero, indices 1.. the
+    incoming gradients of hs. ``go`` is every step's gradient, (T, ...), or the last step's only,
+    (...), when the scan returned its final state alone (the others are zero), or None (zeros)."""
+    G = hs.new_empty((hs.size(0) + 1, *hs.shape[1:]))
+    if go is None:
+        G.zero_()
+    elif go.dim() < hs.dim():  # final-only scan
+        G[:-1].zero_()
+        G[-1].copy_(go)
+    else:
+        G[0].zero_()
+        G[1:].copy_(go)
     return G
+
+
+def _outputs(final: bool, *seqs: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """A scan Function's outputs: every step's states, or (``final``) copies of the last ones, so
+    that only those enter the graph and the backward gets no (T, ...) gradients of zeros."""
+    outs = tuple(s[-1].clone() if final else s for s in seqs)
+    return outs[0] if len(outs) == 1 else outs
 
 
 def _groups(w: Tensor) -> int:
@@ -404,11 +419,12 @@ class _BRCScan(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor
+        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, wc: Tensor, wa: Tensor, h0: Tensor,
+        final: bool
     ) -> Tensor:
         hs, S = _brc_forward(xc, xa, xh, wc, wa, h0, keep=True)
         ctx.save_for_backward(wc, wa, h0, hs, S)
-        return hs
+        return _outputs(final, hs)
 
     @staticmethod
     @once_differentiable
@@ -422,12 +438,12 @@ class _BRCScan(torch.autograd.Function):
         (S,) = _own(S)
         lib = native.usable(S, hs, wc)
         if lib is not None and S.is_contiguous() and hs.is_contiguous():  # one native call
-            G, T, B, H = _grad_buffer(go), *hs.shape
+            G, T, B, H = _grad_buffer(go, hs), *hs.shape
             gwc, gwa = torch.zeros_like(wc), torch.zeros_like(wa)
             native.call(lib, "brc_bwd_scan", T, B, H, S, hs, h0.contiguous(), wc.contiguous(),
                         wa.contiguous(), 0 if wc.dim() == 1 else H, G, gwc, gwa)
             need = ctx.needs_input_grad
-            return S[:, 0], S[:, 1], S[:, 2], gwc if need[3] else None, gwa if need[4] else None, G[0]
+            return S[:, 0], S[:, 1], S[:, 2], gwc if need[3] else None, gwa if need[4] else None, G[0], None
         c, s, N = S[:, 0], S[:, 1], S[:, 2]  # (T, B, H) each
         k1 = N
         k2 = _prev_states(h0, hs).sub_(N)  # (T, B, H)
@@ -436,7 +452,7 @@ class _BRCScan(torch.autograd.Function):
         k4 = c.addcmul_(s, k1, value=2.0).addcmul_(k2, wc)  # c -> c + 2 s k1 + wc k2
         k3 = _mul_prev(_times_one_minus_(s, s).mul_(k1).mul_(4.0), h0, hs, out=s)  # 4 s(1-s) k1 hp
         k4.addcmul_(k3, wa)
-        G = _grad_buffer(go)  # (T+1, B, H); G[t+1] = total dL/dhs[t], G[0] = dL/dh0
+        G = _grad_buffer(go, hs)  # (T+1, B, H); G[t+1] = total dL/dhs[t], G[0] = dL/dh0
         g_v, k4_v = G.unbind(0), k4.unbind(0)
         for t in range(hs.size(0) - 1, -1, -1):  # g_t += k4_t * g_{t+1}
             g_v[t].addcmul_(k4_v[t], g_v[t + 1])
@@ -447,7 +463,7 @@ class _BRCScan(torch.autograd.Function):
         dims = (0, 1) if wc.dim() == 1 else 0  # per-row weights: one gradient per row
         gwc = _mul_prev(dzc, h0, hs, out=g).sum(dims) if need[3] else None
         gwa = _mul_prev(dza, h0, hs, out=g).sum(dims) if need[4] else None
-        return dzc, dza, dzh, gwc, gwa, G[0]
+        return dzc, dza, dzh, gwc, gwa, G[0], None
 
 
 def brc_scan(
@@ -477,8 +493,7 @@ def brc_scan(
     _check_weight("brc_scan", "wc", wc, shape, h0)
     _check_weight("brc_scan", "wa", wa, shape, h0)
     if _needs_graph(xc, xa, xh, wc, wa, h0):
-        hs = _BRCScan.apply(xc, xa, xh, wc, wa, h0)
-        return hs[-1] if final_only else hs
+        return _BRCScan.apply(xc, xa, xh, wc, wa, h0, final_only)
     with torch.no_grad():
         hs = _brc_forward(xc, xa, xh, wc, wa, h0, keep=False, all_states=not final_only)[0]
     return hs[-1] if final_only else hs
@@ -547,11 +562,12 @@ class _NBRCScan(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor
+        ctx: FunctionCtx, xc: Tensor, xa: Tensor, xh: Tensor, Wc: Tensor, Wa: Tensor, h0: Tensor,
+        final: bool
     ) -> Tensor:
         hs, S = _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=True)
         ctx.save_for_backward(Wc, Wa, h0, hs, S)
-        return hs
+        return _outputs(final, hs)
 
     @staticmethod
     @once_differentiable
@@ -564,12 +580,12 @@ class _NBRCScan(torch.autograd.Function):
         need = ctx.needs_input_grad
         lib = native.usable(S, hs, Wc)
         if lib is not None and S.is_contiguous() and hs.is_contiguous():  # one native call
-            G, W2 = _grad_buffer(go), torch.cat([Wc, Wa], dim=-2).contiguous()  # (2H, H), or (G, 2H, H)
+            G, W2 = _grad_buffer(go, hs), torch.cat([Wc, Wa], dim=-2).contiguous()  # (2H, H), or (G, 2H, H)
             gW = torch.zeros_like(W2) if need[3] or need[4] else None
             native.call(lib, "nbrc_bwd_scan", T, B, H, max(_groups(Wc), 1), S, hs, h0.contiguous(), W2, G, gW)
             gWc, gWa = (None, None) if gW is None else (gW[..., :H, :], gW[..., H:, :])
             return (S[:, :, 0], S[:, :, 1], S[:, :, 2], gWc if need[3] else None, gWa if need[4] else None,
-                    G[0])
+                    G[0], None)
         c, s, k1 = S[:, :, 0], S[:, :, 1], S[:, :, 2]  # (T, B, H) each
         hp = _prev_states(h0, hs)  # (T, B, H)
         X = hp - k1
@@ -581,7 +597,7 @@ class _NBRCScan(torch.autograd.Function):
         c.copy_(X)  # S[:, :, :2] = K = [k2, k3]: (T, B, 2, H)
         K = S[:, :, :2]
         W2 = torch.cat([Wc, Wa], dim=-2)  # (2H, H), or (G, 2H, H)
-        G = _grad_buffer(go)  # (T+1, B, H)
+        G = _grad_buffer(go, hs)  # (T+1, B, H)
         g_v, gu_v = G.unbind(0), G.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
         k_v, dz_v, k4_v = K.unbind(0), K.flatten(2).unbind(0), k4.unbind(0)
         with _one_thread(hs, B * 2 * H * H):
@@ -592,7 +608,7 @@ class _NBRCScan(torch.autograd.Function):
         if need[3] or need[4]:
             gW = _gram_prev(K.flatten(2), h0, hs, _groups(Wc))  # (2H, H), or (G, 2H, H)
             gWc, gWa = gW[..., :H, :], gW[..., H:, :]
-        return S[:, :, 0], S[:, :, 1], k1.mul_(G[1:]), gWc, gWa, G[0]
+        return S[:, :, 0], S[:, :, 1], k1.mul_(G[1:]), gWc, gWa, G[0], None
 
 
 def nbrc_scan(
@@ -621,8 +637,7 @@ def nbrc_scan(
     _check_weight("nbrc_scan", "Wc", Wc, shape, h0)
     _check_weight("nbrc_scan", "Wa", Wa, shape, h0)
     if _needs_graph(xc, xa, xh, Wc, Wa, h0):
-        hs = _NBRCScan.apply(xc, xa, xh, Wc, Wa, h0)
-        return hs[-1] if final_only else hs
+        return _NBRCScan.apply(xc, xa, xh, Wc, Wa, h0, final_only)
     with torch.no_grad():
         hs = _nbrc_forward(xc, xa, xh, Wc, Wa, h0, keep=False, all_states=not final_only)[0]
     return hs[-1] if final_only else hs
@@ -686,10 +701,11 @@ class _MGUScan(torch.autograd.Function):
     """MGU scan; the backward overwrites its saved buffers unless the graph is kept."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, xf: Tensor, xn: Tensor, Uf: Tensor, Un: Tensor, h0: Tensor, final: bool
+                ) -> Tensor:
         hs, F, R, N = _mgu_forward(xf, xn, Uf, Un, h0, keep=True)
         ctx.save_for_backward(Uf, Un, h0, hs, F, R, N)
-        return hs
+        return _outputs(final, hs)
 
     @staticmethod
     @once_differentiable
@@ -706,15 +722,15 @@ class _MGUScan(torch.autograd.Function):
         need = ctx.needs_input_grad
         lib = native.usable(F, hs, Uf)
         if lib is not None and all(t.is_contiguous() for t in (F, R, N, hs)):  # one native call
-            G, dzf = _grad_buffer(go), torch.empty_like(F)
+            G, dzf = _grad_buffer(go, hs), torch.empty_like(F)
             gUf, gUn = (torch.zeros_like(Uf), torch.zeros_like(Un)) if need[2] or need[3] else (None, None)
             native.call(lib, "mgu_bwd_scan", T, B, H, max(_groups(Uf), 1), F, R, N, hs, h0.contiguous(),
                         Uf.contiguous(), Un.contiguous(), dzf, G, gUf, gUn)
-            return dzf, N, gUf if need[2] else None, gUn if need[3] else None, G[0]
+            return dzf, N, gUf if need[2] else None, gUn if need[3] else None, G[0], None
         X = _times_one_minus_(N * F, F)  # ka + kb = n f (1 - f)
         _one_minus_square_(N).mul_(F)  # n -> kn
         _times_one_minus_(R, F)  # f hp -> kb
-        G = _grad_buffer(go)  # (T+1, B, H)
+        G = _grad_buffer(go, hs)  # (T+1, B, H)
         e = hs.new_empty((B, H))  # per-step scratch
         g_v, f_v = G.unbind(0), F.unbind(0)
         ka_v, kn_v, kb_v = X.unbind(0), N.unbind(0), R.unbind(0)
@@ -730,7 +746,7 @@ class _MGUScan(torch.autograd.Function):
         if need[3]:
             R = _mul_prev(F, h0, hs, out=R)  # f hp again (kb is spent)
             gUn = _gram(N, R, _groups(Un))
-        return X, N, gUf, gUn, G[0]
+        return X, N, gUf, gUn, G[0], None
 
 
 def mgu_scan(
@@ -758,8 +774,7 @@ def mgu_scan(
     _check_weight("mgu_scan", "Uf", Uf, shape, h0)
     _check_weight("mgu_scan", "Un", Un, shape, h0)
     if _needs_graph(xf, xn, Uf, Un, h0):
-        hs = _MGUScan.apply(xf, xn, Uf, Un, h0)
-        return hs[-1] if final_only else hs
+        return _MGUScan.apply(xf, xn, Uf, Un, h0, final_only)
     with torch.no_grad():
         hs = _mgu_forward(xf, xn, Uf, Un, h0, keep=False, all_states=not final_only)[0]
     return hs[-1] if final_only else hs

@@ -41,6 +41,7 @@ from pipeline.fused import (
     _last_slot,
     _one_minus_square_,
     _one_thread,
+    _outputs,
     _own,
     _prev_states,
     _row_major,
@@ -133,11 +134,6 @@ def _check(name: str, x: Tensor, w: Tensor, states: tuple[Tensor, ...], k: int) 
             raise ValueError(f"{name}: states disagree in shape: {tuple(t.shape)} vs {tuple(s.shape)}.")
 
 
-def _grads_in(go: Tensor | None, like: Tensor) -> Tensor:
-    """:func:`pipeline.fused._grad_buffer` of the incoming gradients, or zeros when there are none."""
-    return _grad_buffer(go) if go is not None else like.new_zeros((like.size(0) + 1, *like.shape[1:]))
-
-
 def _weight_grad(hp: Tensor, d: Tensor) -> Tensor:
     """hp^T d summed over steps and batch, per group: (T, G, B, H), (T, G, B, K) -> (G, H, K)."""
     return _gram(hp.flatten(1, 2), d.flatten(1, 2), hp.size(1))
@@ -212,21 +208,21 @@ def _gru_backward_native(lib, ctx: FunctionCtx, go: Tensor) -> tuple[Tensor | No
     A, N = _own(A, N)
     T, G, B, H = hs.shape
     need = ctx.needs_input_grad
-    GH = _grads_in(go, hs)
+    GH = _grad_buffer(go, hs)
     dw = w.new_zeros(w.shape) if need[1] else None
     wT, h0 = w.transpose(1, 2).contiguous(), h0.contiguous()
     native.call(lib, "gru_bwd_scan", T, G, B, H, A, RZ, N, hs, h0, wT, GH, dw)
     db = A.sum((0, 2)) if need[2] else None
     A[..., 2 * H:].copy_(N)  # dL/da is spent: x's gradient differs in its n block
-    return A, dw, db, GH[0]
+    return A, dw, db, GH[0], None
 
 
 class _GRUScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, b: Tensor, h0: Tensor, final: bool) -> Tensor:
         hs, A, RZ, N = _gru_forward(x, w, b, h0, keep=True, all_states=True)
         ctx.save_for_backward(w, h0, hs, A, RZ, N)
-        return hs
+        return _outputs(final, hs)
 
     @staticmethod
     @once_differentiable
@@ -249,7 +245,7 @@ class _GRUScan(torch.autograd.Function):
         _times_one_minus_(K[..., :H].copy_(A[..., 2 * H:]).mul_(kn).mul_(r), r)
         _times_one_minus_(torch.sub(hp, N, out=K[..., H:2 * H]).mul_(z), z)
         torch.mul(kn, r, out=K[..., 2 * H:])
-        GH = _grads_in(go, hs)
+        GH = _grad_buffer(go, hs)
         g_v, z_v = GH.unbind(0), z.unbind(0)
         k_v = K.view(T, G, B, 3, H).unbind(0)
         d_v = K.unbind(0)
@@ -265,7 +261,7 @@ class _GRUScan(torch.autograd.Function):
         db = dA.sum((0, 2)) if need[2] else None
         # dA is spent: its buffer becomes x's gradient, whose n block is kn g (not gated by r)
         torch.mul(kn, GH[1:], out=dA[..., 2 * H:])
-        return dA, dw, db, GH[0]
+        return dA, dw, db, GH[0], None
 
 
 def gru_scan(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, *, final_only: bool = False) -> Tensor:
@@ -285,8 +281,7 @@ def gru_scan(x: Tensor, w: Tensor, b: Tensor, h0: Tensor, *, final_only: bool = 
     """
     _check("gru_scan", x, w, (h0,), 3)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, b, h0)):
-        hs = _GRUScan.apply(x, w, b, h0)
-        return hs[-1] if final_only else hs
+        return _GRUScan.apply(x, w, b, h0, final_only)
     with torch.no_grad():
         hs = _gru_forward(x, w, b, h0, keep=False, all_states=not final_only)[0]
     return hs[-1] if final_only else hs
@@ -348,10 +343,11 @@ def _lstm_forward_native(lib, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, keep
 
 class _LSTMScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx: FunctionCtx, x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, final: bool
+                ) -> tuple[Tensor, Tensor]:
         hs, cs, P, TC = _lstm_forward(x, w, h0, c0, keep=True, all_states=True)
         ctx.save_for_backward(w, h0, c0, hs, cs, P, TC)
-        return hs, cs
+        return _outputs(final, hs, cs)
 
     @staticmethod
     @once_differentiable
@@ -366,11 +362,11 @@ class _LSTMScan(torch.autograd.Function):
         T, G, B, H = hs.shape
         lib = native.usable(P, w)
         if lib is not None:
-            GH, GC = _grads_in(go_h, hs), _grads_in(go_c, hs)
+            GH, GC = _grad_buffer(go_h, hs), _grad_buffer(go_c, hs)
             dw = w.new_zeros(w.shape) if ctx.needs_input_grad[1] else None
             native.call(lib, "lstm_bwd_scan", T, G, B, H, P, TC, hs, cs, h0.contiguous(), c0.contiguous(),
                         w.transpose(1, 2).contiguous(), GH, GC, dw)
-            return P, dw, GH[0], GC[0]
+            return P, dw, GH[0], GC[0], None
         o, i, f, g = P[..., :H], P[..., H:2 * H], P[..., 2 * H:3 * H], P[..., 3 * H:]
         F = f.clone()
         i_copy = i.clone()
@@ -380,7 +376,7 @@ class _LSTMScan(torch.autograd.Function):
         _times_one_minus_(f, f).mul_(_prev_states(c0, cs))  # k_f
         _one_minus_square_(g).mul_(i_copy)  # k_g
         del i_copy
-        GH, GC = _grads_in(go_h, hs), _grads_in(go_c, hs)
+        GH, GC = _grad_buffer(go_h, hs), _grad_buffer(go_c, hs)
         gh_v, gc_v, kc_v, f_v = GH.unbind(0), GC.unbind(0), kc.unbind(0), F.unbind(0)
         ko_v = P[..., :H].unbind(0)
         kifg_v = P.view(T, G, B, 4, H)[:, :, :, 1:].unbind(0)
@@ -397,7 +393,7 @@ class _LSTMScan(torch.autograd.Function):
         dP = P
         need = ctx.needs_input_grad
         dw = _weight_grad(_prev_states(h0, hs), dP) if need[1] else None
-        return dP, dw, GH[0], GC[0]
+        return dP, dw, GH[0], GC[0], None
 
 
 def lstm_scan(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, *, final_only: bool = False,
@@ -429,10 +425,9 @@ def lstm_scan(x: Tensor, w: Tensor, h0: Tensor, c0: Tensor, *, final_only: bool 
         perm = torch.cat([torch.arange(k * H, (k + 1) * H, device=x.device) for k in _GATE_SOURCES[order]])
         x, w = x[..., perm], w[..., perm]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w, h0, c0)):
-        hs, cs = _LSTMScan.apply(x, w, h0, c0)
-    else:
-        with torch.no_grad():
-            hs, cs = _lstm_forward(x, w, h0, c0, keep=False, all_states=not final_only)[:2]
+        return _LSTMScan.apply(x, w, h0, c0, final_only)
+    with torch.no_grad():
+        hs, cs = _lstm_forward(x, w, h0, c0, keep=False, all_states=not final_only)[:2]
     return (hs[-1], cs[-1]) if final_only else (hs, cs)
 
 

@@ -239,7 +239,7 @@ def layer_vaa_star_group(nets: Sequence[ParallelNet], states: Sequence[list[Stat
             for k, seq in zip(members, seqs, strict=True):
                 finals[k] = tuple(c[items[k][4] - 1] for c in seq)
     else:
-        finals = [it[1](it[2].expand(it[4], n, -1), it[3])[1] for it in items]
+        finals = [it[1].final_state(it[2].expand(it[4], n, -1), it[3]) for it in items]
     vals: list[list[Tensor]] = [[] for _ in nets]
     for it, final in zip(items, finals, strict=True):
         vals[it[0]].append(vaa_star(torch.cat(final, dim=-1), eps))

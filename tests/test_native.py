@@ -387,3 +387,50 @@ def test_cache_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch: 
     assert native.cache_dir().parent == tmp_path / "tmp"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert native.cache_dir() == tmp_path / "cache" / "warmup-sweep"
+
+
+def _scan_and_args(cell: str, T: int, B: int, H: int, const: bool) -> tuple:
+    """A scan of each kind and float32 leaf inputs for it (the gated ones with G = 1)."""
+    gen = torch.Generator().manual_seed(11)
+
+    def r(*shape: int, scale: float = 1.0) -> Tensor:
+        return (scale * torch.randn(*shape, generator=gen)).requires_grad_()
+
+    if cell in CELLS:
+        k = CELLS[cell][0]
+        x = r(1, 1, B, k * H).expand(T, 1, B, k * H) if const else r(T, 1, B, k * H)
+        w, h0 = r(1, H, k * H, scale=0.3), r(1, B, H, scale=0.5)
+        if cell == "gru":
+            return fg.gru_scan, [x, w, r(1, 3 * H), h0]
+        return fg.lstm_scan, [x, w, h0, r(1, B, H, scale=0.5)]
+    n_in, scan = {"brc": (3, fused.brc_scan), "nbrc": (3, fused.nbrc_scan), "mgu": (2, fused.mgu_scan)}[cell]
+    xs = [r(1, B, H).expand(T, B, H) if const else r(T, B, H) for _ in range(n_in)]
+    ws = [r(H) for _ in range(2)] if cell == "brc" else [r(H, H, scale=0.5) for _ in range(2)]
+    return scan, [*xs, *ws, r(B, H, scale=0.5)]
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+@pytest.mark.parametrize("const", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "brc", "nbrc", "mgu"])
+def test_final_only_scans_with_a_graph_give_the_full_scans_gradients_exactly(
+        cell: str, const: bool, switch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``final_only`` and a graph (the warm-up's stabilisation runs), a scan returns only its
+    last states and its backward starts from their gradients alone: every input's gradient equals,
+    bit for bit, that of the full scan with zero gradients at every step but the last, on the
+    native kernels and on the torch code."""
+    monkeypatch.setenv(native.ENV_SWITCH, switch)
+    if switch == "1" and not HAVE_CC:
+        pytest.skip("no C compiler")
+    scan, args = _scan_and_args(cell, T=13, B=12, H=16, const=const)
+    leaves = [a for a in args if a.is_leaf]
+    finals = scan(*args, final_only=True)
+    finals = finals if isinstance(finals, tuple) else (finals,)
+    full = scan(*args)
+    full = full if isinstance(full, tuple) else (full,)
+    gen = torch.Generator().manual_seed(12)
+    gos = [torch.randn(f.shape, generator=gen) for f in finals]
+    assert all(f.shape == s[-1].shape and torch.equal(f, s[-1]) for f, s in zip(finals, full, strict=True))
+    g_final = torch.autograd.grad(finals, leaves, gos)
+    g_full = torch.autograd.grad([s[-1] for s in full], leaves, gos)
+    for a, b in zip(g_final, g_full, strict=True):
+        assert torch.equal(a, b)
