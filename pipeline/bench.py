@@ -8,7 +8,9 @@ network of ``layers`` layers of width ``hidden`` on input size 1, a warm-up step
 step 20 (S ~ U{1..200}), and a copy-task train step (MSE at the last step) on a ``(T, B, 1)``
 batch. With ``--replicas R``, R seeds (0..R-1) take each step together, grouped as a trial's seed
 replicas are. Prints one JSON line of medians: ``warmup_step_ms``, ``train_step_ms`` (for all R
-together), ``samples_per_s`` (R x B per train step).
+together), ``samples_per_s`` (R x B per train step), and, where the OS counts them, the mean
+page faults and kernel (system) CPU time per step (``*_faults``, ``*_sys_ms``): what fresh memory
+costs a step, counted rather than timed, so it holds on a noisy machine.
 """
 
 from __future__ import annotations
@@ -24,23 +26,38 @@ import torch
 
 from pipeline.config import CELLS, ModelConfig, WarmupConfig
 from pipeline.model import build_model, forward_group
-from pipeline.seeding import flush_denormals, resolve_device
+from pipeline.seeding import cpu_process_mode, resolve_device
 from pipeline.tasks import Split
 from pipeline.warmup import warmup_step_group
 
 
-def median_ms(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[], None]) -> float:
-    """Median wall time of ``fn`` in milliseconds, after ``warm`` untimed calls."""
+def _timed(fn: Callable[[], object], reps: int, warm: int, sync: Callable[[], None]
+           ) -> tuple[float, dict[str, float]]:
+    """Median wall time of ``fn`` in milliseconds, after ``warm`` untimed calls, and the mean page
+    faults and system CPU ms per timed call (empty where the ``resource`` module is missing)."""
     for _ in range(warm):
         fn()
     times = []
+    before = _usage()
     for _ in range(reps):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    after = _usage()
+    counts = {k: round((after[k] - before[k]) / reps, 3) for k in before}
+    return 1e3 * statistics.median(times), counts
+
+
+def _usage() -> dict[str, float]:
+    """This process's page faults (minor + major) and system CPU time (ms) so far."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return {}
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"faults": r.ru_minflt + r.ru_majflt, "sys_ms": 1e3 * r.ru_stime}
 
 
 def make_steps(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device: torch.device,
@@ -48,7 +65,7 @@ def make_steps(cell: str, hidden: int, seq_len: int, batch: int, layers: int, de
     """The warm-up step and the train step that :func:`bench` times, as two closures over
     ``replicas`` fully warmed networks (f = 1), seeds 0..R-1, run grouped as a trial's seed
     replicas are (also used by ``benchmarks/profile_step.py``)."""
-    flush_denormals()  # the CPU float mode of a trial
+    cpu_process_mode()  # a trial's CPU float mode and memory policy
     nets, datas, wopts, topts, xs, ys = [], [], [], [], [], []
     wcfg = WarmupConfig(batch_size=batch)
     for r in range(replicas):
@@ -85,10 +102,12 @@ def bench(cell: str, hidden: int, seq_len: int, batch: int, layers: int, device:
     seeds 0..R-1, run grouped as a trial's seed replicas are."""
     warmup_step, train_step = make_steps(cell, hidden, seq_len, batch, layers, device, replicas)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    wu = median_ms(warmup_step, reps, 1, sync)
-    tr = median_ms(train_step, 2 * reps, 2, sync)
+    wu, wu_counts = _timed(warmup_step, reps, 1, sync)
+    tr, tr_counts = _timed(train_step, 2 * reps, 2, sync)
     return {"warmup_step_ms": round(wu, 3), "train_step_ms": round(tr, 3),
-            "samples_per_s": round(replicas * batch / (tr / 1e3), 1)}
+            "samples_per_s": round(replicas * batch / (tr / 1e3), 1),
+            **{f"warmup_step_{k}": v for k, v in wu_counts.items()},
+            **{f"train_step_{k}": v for k, v in tr_counts.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,13 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    flush = flush_denormals()  # as a trial runs
+    mode = cpu_process_mode()  # as a trial runs
     res = bench(args.cell, args.hidden, args.seq_len, args.batch, args.layers, device, args.reps,
                 args.replicas)
     out = {"impl": "warmup-sweep", "cell": args.cell, "hidden": args.hidden,
            "seq_len": args.seq_len, "batch": args.batch, "layers": args.layers,
            "replicas": args.replicas,
-           "device": str(device), "threads": torch.get_num_threads(), "flush_denormal": flush, **res}
+           "device": str(device), "threads": torch.get_num_threads(), **mode, **res}
     if torch.cuda.is_available() and device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     print(json.dumps(out) if args.json else

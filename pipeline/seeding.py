@@ -1,13 +1,26 @@
-"""Explicit seeding, device choice and CPU float mode for one trial."""
+"""Explicit seeding, device choice, and the CPU float mode and memory policy of a trial's process."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 
 import torch
 
 FLUSH_SWITCH = "WARMUP_SWEEP_FLUSH_DENORMAL"
 """Set to 0 to keep subnormal floats on the CPU (IEEE gradual underflow) instead of flushing them."""
+
+RETAIN_SWITCH = "WARMUP_SWEEP_RETAIN_MEMORY"
+"""Set to 0 to leave glibc's malloc settings as they are (see :func:`retain_freed_memory`)."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20
+"""Blocks up to this size come from the heap, not from fresh pages (glibc's largest setting on 64-bit)."""
+
+
+def _switched_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def flush_denormals() -> bool:
@@ -22,8 +35,36 @@ def flush_denormals() -> bool:
     is the calling thread's mode, which the native kernels (:mod:`pipeline.native`) give their
     lanes on every thread; threads that torch starts later inherit it.
     """
-    on = os.environ.get(FLUSH_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    on = _switched_on(FLUSH_SWITCH)
     return bool(torch.set_flush_denormal(on)) and on
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed CPU memory in the process for reuse, unless ``WARMUP_SWEEP_RETAIN_MEMORY`` is
+    0/false/no/off. Returns whether the setting took (glibc only; elsewhere nothing changes).
+
+    Every training and warm-up step allocates and frees the same buffers (per-step states, gate
+    activations and gradients, a few MB each). glibc's malloc serves blocks of this size with
+    fresh pages from the kernel (``mmap``), or returns them when it trims its heap, so each step
+    page-faults through all of its buffers again, a large part of a step on a small CPU trial
+    (BENCHMARKS.md). This raises the mmap threshold to 32 MB and turns heap trimming off
+    (``mallopt``), as jemalloc or tcmalloc would: the process then keeps its peak heap, which
+    for a trial is its working set. Call it once per process, before the trial's allocations.
+    """
+    if not _switched_on(RETAIN_SWITCH) or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
+
+
+def cpu_process_mode() -> dict[str, bool]:
+    """A trial's CPU settings: :func:`flush_denormals` and :func:`retain_freed_memory`. Returns
+    which of them are on."""
+    return {"flush_denormal": flush_denormals(), "retain_memory": retain_freed_memory()}
 
 
 def seed_trial(seed: int) -> tuple[torch.Generator, torch.Generator]:

@@ -23,7 +23,7 @@ from pipeline.config import TrialConfig, parse_sets
 from pipeline.model import ParallelNet, build_model
 from pipeline.multistability import draw_lengths, layer_vaa_star, measure_vaa, sample_states
 from pipeline.outcomes import Diverged, StopTrial
-from pipeline.seeding import flush_denormals, resolve_device, seed_trial
+from pipeline.seeding import cpu_process_mode, resolve_device, seed_trial
 from pipeline.tasks import build_task, on_device
 from pipeline.train import Trainer, epoch_group, evaluate
 from pipeline.warmup import warmup_loop_group
@@ -262,7 +262,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report | None = N
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     report = report or (lambda m: None)
     device = resolve_device(cfg.device)
-    flush_denormals()
+    cpu_process_mode()
     t_start = time.perf_counter()
     seeds = [cfg.seed + r for r in range(cfg.replicas)]
     replicas = [_Replica(cfg.replace(seed=s, replicas=1) if cfg.replicas > 1 else cfg, device,

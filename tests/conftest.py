@@ -32,8 +32,8 @@ def ray_session() -> Iterator[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _trial_float_mode() -> None:
-    """Every test computes in the CPU float mode trials run in (subnormals flushed, see
-    :func:`pipeline.seeding.flush_denormals`), whichever test runs a trial first."""
-    from pipeline.seeding import flush_denormals
+    """Every test computes in the CPU float mode and memory policy trials run in (subnormals
+    flushed, see :func:`pipeline.seeding.cpu_process_mode`), whichever test runs a trial first."""
+    from pipeline.seeding import cpu_process_mode
 
-    flush_denormals()
+    cpu_process_mode()

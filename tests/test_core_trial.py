@@ -198,3 +198,32 @@ def test_trial_flushes_subnormals_unless_switched_off(switch: str, monkeypatch: 
         monkeypatch.delenv(FLUSH_SWITCH)
         flush_denormals()
     assert (kept == 0.0) == (switch == "1")
+
+
+def test_retained_memory_is_reused_without_page_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With :func:`pipeline.seeding.retain_freed_memory` (as every trial sets it on Linux/glibc),
+    a step's buffers of a few MB, freed and allocated again, reuse the same pages: the process
+    takes no page faults for them (glibc's defaults hand out fresh, faulting pages each time)."""
+    import resource
+    import sys
+
+    import torch
+
+    from pipeline.seeding import RETAIN_SWITCH, retain_freed_memory
+
+    monkeypatch.setenv(RETAIN_SWITCH, "0")
+    assert retain_freed_memory() is False
+    monkeypatch.delenv(RETAIN_SWITCH)
+    if not (sys.platform.startswith("linux") and retain_freed_memory()):
+        pytest.skip("not glibc")
+
+    def step() -> None:  # 8 MB in 2 buffers (2048 pages if fresh), written, then freed
+        a = torch.ones(1 << 20)
+        b = torch.empty(1 << 20).copy_(a)
+        del a, b
+
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        step()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 500
