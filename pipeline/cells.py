@@ -311,8 +311,9 @@ def _stack_projections(items: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor
     When every input is constant in time (the stabilisation), one step is stacked and expanded.
     """
     T = items[0][0].size(0)
-    if T > 1 and all(x.stride(0) == 0 for x, _, _ in items):  # (no slice of an expanded projection,
-        # whose backward would fill a (T, B, kH) buffer of zeros)
+    if T > 1 and all(x.stride(0) == 0 for x, _, _ in items):
+        # one step projected, then expanded (a slice of an expanded projection would cost its
+        # backward a (T, B, kH) buffer of zeros)
         one = [torch.nn.functional.linear(x[:1], w, b) for x, w, b in items]
         return torch.stack(one, dim=1).expand(T, -1, -1, -1)
     return torch.stack([_project(x, w, b) for x, w, b in items], dim=1)
