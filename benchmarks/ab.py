@@ -2,7 +2,7 @@
 to compare them on a noisy shared machine): the native CPU kernels against the torch code, or
 grouped scans against one cell at a time, the ragged prefix pass of the warm-up's state
 sampling against one pass over the whole sequence, or subnormal floats flushed to zero (a trial's
-CPU float mode, :func:`pipeline.seeding.flush_denormals`) against IEEE gradual underflow.
+CPU float mode, :func:`pipeline.core.device.flush_denormals`) against IEEE gradual underflow.
 
     PYTHONPATH=. python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
     PYTHONPATH=. python benchmarks/ab.py --what group --cells gru brc --replicas 4
@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from pipeline import multistability
-from pipeline.config import CELLS, ModelConfig, WarmupConfig
-from pipeline.model import build_model, forward_group
-from pipeline.seeding import flush_denormals
-from pipeline.tasks import Split
-from pipeline.warmup import warmup_step_group
+from pipeline.core import multistability
+from pipeline.core.config import CELLS, ModelConfig, WarmupConfig
+from pipeline.core.model import build_model, forward_group
+from pipeline.core.device import flush_denormals
+from pipeline.core.tasks import Split
+from pipeline.core.warmup import warmup_step_group
 
 SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone"), "ragged": ("ragged", "full"),
          "flush": ("flush", "ieee")}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.results import load
+from pipeline.analysis.results import load
 
 SPACE = "copy_task"
 

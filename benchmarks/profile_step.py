@@ -16,8 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pipeline.bench import make_steps
-from pipeline.config import CELLS
-from pipeline.seeding import resolve_device
+from pipeline.core.config import CELLS
+from pipeline.core.device import resolve_device
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ import time
 import torch
 
 from pipeline.bench import make_steps
-from pipeline.config import CELLS
+from pipeline.core.config import CELLS
 
 
 def main() -> int:

@@ -2,8 +2,8 @@
 
 Ray Tune runs the trials (an embedded local Ray, or a cluster through ``--address``/``RAY_ADDRESS``),
 one Optuna study per scientific point samples the nuisance parameters and prunes on each epoch's
-validation loss (:mod:`pipeline.searcher`, :mod:`pipeline.scheduler`), and the driver writes every
-trial to Parquet as it ends (:mod:`pipeline.callbacks`, :mod:`pipeline.results`).
+validation loss (:mod:`pipeline.orchestration.searcher`, :mod:`pipeline.orchestration.scheduler`), and the driver writes every
+trial to Parquet as it ends (:mod:`pipeline.orchestration.callbacks`, :mod:`pipeline.analysis.results`).
 
 Bad input (an unknown space, key or value, an unreachable ``--address``, an unwritable results
 folder, a corrupt results file) prints one line on stderr and exits 2 before anything is written.
@@ -28,13 +28,13 @@ import ray
 from ray import tune
 
 import search_spaces
-from pipeline.callbacks import Progress, ResultsWriter
-from pipeline.config import MNIST_TASKS, TrialConfig, parse_sets
-from pipeline.ray_session import BadInput, check_resources, connect, quiet_logs
-from pipeline.results import ResultsError, Store, provenance
-from pipeline.scheduler import OptunaPruningScheduler
-from pipeline.searcher import PointStudySearcher, check_journal, make_sampler
-from pipeline.trainable import make_trainable
+from pipeline.analysis.results import ResultsError, Store, provenance
+from pipeline.core.config import MNIST_TASKS, TrialConfig, parse_sets
+from pipeline.orchestration.callbacks import Progress, ResultsWriter
+from pipeline.orchestration.scheduler import OptunaPruningScheduler
+from pipeline.orchestration.searcher import PointStudySearcher, check_journal, make_sampler
+from pipeline.orchestration.session import BadInput, check_resources, connect, quiet_logs
+from pipeline.orchestration.trainable import make_trainable
 from search_spaces.space import SearchSpace, estimate_core_hours, point_key
 
 __all__ = ["main"]
@@ -197,7 +197,7 @@ def _check_data(space: SearchSpace) -> None:
     configs = [TrialConfig.from_dict(c) for c in space.example_configs()]
     dirs = {c.task.data_dir for c in configs if c.task.name in MNIST_TASKS}
     if dirs:
-        from pipeline.tasks import load_mnist  # torch: only for MNIST spaces
+        from pipeline.core.tasks import load_mnist  # torch: only for MNIST spaces
         for d in sorted(dirs, key=str):
             try:
                 load_mnist(d)

@@ -9,7 +9,7 @@ Roles follow the deep-learning tuning playbook:
   keeps one Optuna study per point, and only that study's trials are compared when pruning.
 - **fixed** parameters hold for every trial (the reference protocol).
 
-Every key is a canonical flat config key (:meth:`pipeline.config.TrialConfig.keys`). Nothing here
+Every key is a canonical flat config key (:meth:`pipeline.core.config.TrialConfig.keys`). Nothing here
 imports Ray, Optuna or torch.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import TrialConfig, coerce
+from pipeline.core.config import TrialConfig, coerce
 
 __all__ = ["Choice", "Distribution", "Inactive", "LogUniform", "SearchSpace", "Smoke", "Uniform",
            "estimate_core_hours", "point_key"]
@@ -118,7 +118,7 @@ class SearchSpace:
     inactive: tuple[Inactive, ...] = ()
     smoke: Smoke = field(default_factory=Smoke)
     requires: Mapping[str, str] = field(default_factory=dict)
-    objective: str = "pipeline.trial:run_trial"
+    objective: str = "pipeline.core.trial:run_trial"
 
     # ----------------------------------------------------------------------------- checks
     def check(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import search_spaces
-from pipeline.config import TrialConfig
+from pipeline.core.config import TrialConfig
 from search_spaces.space import LogUniform, estimate_core_hours, point_key
 
 
@@ -23,7 +23,7 @@ def test_unknown_space_names_the_valid_ones() -> None:
 
 
 def test_a_space_can_live_outside_the_package() -> None:
-    assert search_spaces.get("test_sweep_support:SPACE").name == "analytic"
+    assert search_spaces.get("tests.analytic:SPACE").name == "analytic"
     with pytest.raises(ValueError, match="cannot load space"):
         search_spaces.get("no_such_module:SPACE")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.searcher import study_states
+from pipeline.orchestration.searcher import study_states
 from pipeline.sweep import main
 
-SUPPORT = "test_sweep_support"
+SUPPORT = "tests.analytic"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.results import Store
-from pipeline.searcher import study_states
+from pipeline.analysis.results import Store
+from pipeline.orchestration.searcher import study_states
 from pipeline.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_sigkill_then_resume_records_every_trial_once(
         ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--space", "test_sweep_support:SLOW", "--results", str(tmp_path),
+    argv = ["--space", "tests.analytic:SLOW", "--results", str(tmp_path),
             "--address", ray_session]
     driver = subprocess.Popen([sys.executable, "-m", "pipeline.sweep", *argv,
                                "--experiment", "k", "--max-concurrent", "2"],

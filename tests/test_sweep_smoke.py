@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import search_spaces
-from pipeline.config import TrialConfig
-from pipeline.results import CURVES_SCHEMA, TRIALS_SCHEMA, load
-from pipeline.searcher import study_states
+from pipeline.analysis.results import CURVES_SCHEMA, TRIALS_SCHEMA, load
+from pipeline.core.config import TrialConfig
+from pipeline.orchestration.searcher import study_states
 from pipeline.sweep import main
 
 

@@ -1,0 +1,244 @@
+"""Driver-side Tune callbacks: the Parquet writer and the concise progress display.
+
+:class:`ResultsWriter` writes each trial to the ``trials`` and ``curves`` tables as it ends (see
+:mod:`pipeline.analysis.results`). A completed, diverged or errored trial sends its whole record with its
+final report. A pruned trial is stopped inside ``tune.report`` and sends nothing more, so its row is
+rebuilt from the epoch results the driver saw: its config, its warm-up and training curves, its
+best validation loss and epoch, where it ran, and any record-level values the objective reported
+early (a report whose phase is neither ``warmup`` nor ``train``); values only known at the end (the
+test loss) stay null. A trial whose process died beyond the retries gets an ``error`` row.
+Trial ids already in Parquet are never written again (idempotent across ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ray import tune
+
+from pipeline.analysis.results import Store, record_rows
+from pipeline.orchestration.trainable import CURVE_KEYS, META_PREFIX
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+__all__ = ["Progress", "ResultsWriter", "outcome"]
+
+_PLACEMENT = ("host", "node_id", "gpu_name", "threads")
+logger = logging.getLogger("ray.tune.warmup_sweep")
+
+
+def outcome(trial: Trial, *, error: bool = False) -> str:
+    """The status of an ended trial: its record's status, else ``pruned`` (stopped by the
+    scheduler before its final report) or ``error`` (the process died beyond the retries)."""
+    if error:
+        return "error"
+    result = trial.last_result or {}
+    if result.get("phase") == "final":
+        return str(result.get("status"))
+    return "pruned"
+
+
+def _error_text(trial: Trial) -> str:
+    text = (trial.get_error() or "").strip().splitlines()
+    last = next((line for line in reversed(text) if line.strip()), "the trial's process failed")
+    return last[:500]
+
+
+class ResultsWriter(tune.Callback):
+    """Writes one file per trial per table as each trial ends.
+
+    Args:
+        results: the results root (a folder or a URI).
+        space: the search-space name.
+        experiment: the experiment name.
+        provenance: columns added to every trials row (git SHA, package versions).
+    """
+
+    def __init__(self, results: str, space: str, experiment: str,
+                 provenance: Mapping[str, Any]) -> None:
+        self.results, self.space, self.experiment = results, space, experiment
+        self.provenance = dict(provenance)
+        self.started: dict[str, datetime] = {}
+        self.retries: dict[str, int] = {}
+        self._partial: dict[str, dict[str, Any]] = {}
+        self._written: set[str] | None = None
+
+    @property
+    def store(self) -> Store:
+        return Store(self.results, self.space, self.experiment)
+
+    @property
+    def written(self) -> set[str]:
+        if self._written is None:
+            self._written = self.store.trial_ids()
+        return self._written
+
+    # ----------------------------------------------------------------------------- Tune hooks
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self.started.setdefault(trial.trial_id, datetime.now(UTC))
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        if result.get("phase") != "train":
+            return
+        part = self._partial.setdefault(trial.trial_id, {"warmup": [], "train": {}})
+        if "warmup_curve" in result:
+            part["warmup"] = json.loads(result["warmup_curve"])
+            part.update({k: result.get(k) for k in _PLACEMENT})
+        if "summary_json" in result:
+            part.setdefault("summary", {}).update(json.loads(result["summary_json"]))
+        part["train"][int(result["step"])] = {k: result.get(k) for k in CURVE_KEYS}
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                         ) -> None:
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self._partial.pop(trial.trial_id, None)  # the retry starts from scratch
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                          ) -> None:
+        self._safe_write(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self._safe_write(trial, error=True)
+
+    def _safe_write(self, trial: Trial, *, error: bool) -> None:
+        """Write the trial; a failure is logged, never raised: raising here would make Tune fail
+        and rerun a finished trial. The sweep then ends with fewer rows than trials and says so."""
+        try:
+            self._write(trial, error=error)
+        except Exception:  # noqa: BLE001 - disk full, permissions, an unreachable bucket
+            logger.exception("could not write trial %s to Parquet", trial.trial_id)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"started": self.started, "retries": self.retries}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.started, self.retries = state["started"], state["retries"]
+
+    # ----------------------------------------------------------------------------- rows
+    def _write(self, trial: Trial, *, error: bool) -> None:
+        tid = trial.trial_id
+        partial = self._partial.pop(tid, None) or {"warmup": [], "train": {}}
+        result = trial.last_result or {}
+        if tid in self.written or result.get("already_recorded"):
+            return
+        status = outcome(trial, error=error)
+        if result.get("phase") == "final" and result.get("record_json"):
+            record = json.loads(result["record_json"])
+        else:
+            record = self._rebuild(trial.config, partial, status)
+            if error:
+                record["error"] = _error_text(trial)
+        meta = {"point": trial.config.get(f"{META_PREFIX}point"),
+                "study": trial.config.get(f"{META_PREFIX}study"),
+                "optuna_trial": trial.config.get(f"{META_PREFIX}optuna_trial"),
+                "objective": result.get("objective") if status != "pruned" else None,
+                "retries": max(trial.num_failures, self.retries.get(tid, 0)),
+                "started_at": self.started.get(tid), "finished_at": datetime.now(UTC),
+                **self.provenance}
+        rows, curves = record_rows(record, **meta)
+        self.store.write_trial(tid, rows, curves)
+        self.written.add(tid)
+
+    @staticmethod
+    def _rebuild(config: Mapping[str, Any], partial: Mapping[str, Any], status: str
+                 ) -> dict[str, Any]:
+        """A record from the epoch results seen by the driver (pruned or failed trials)."""
+        train = [partial["train"][s] for s in sorted(partial["train"])]
+        finite = [r for r in train if r.get("valid_loss") is not None
+                  and math.isfinite(r["valid_loss"])]
+        best = min(finite, key=lambda r: r["valid_loss"]) if finite else None
+        record = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
+        record.update(partial.get("summary", {}))
+        record.update(status=status, epochs_run=train[-1]["step"] if train else 0,
+                      warmup_steps_run=len(partial["warmup"]),
+                      best_valid_loss=best["valid_loss"] if best else None,
+                      best_epoch=best["step"] if best else None,
+                      curves=[*partial["warmup"], *train],
+                      **{k: partial.get(k) for k in _PLACEMENT})
+        return record
+
+
+class Progress(tune.Callback):
+    """One line per ended trial (status and metric) and a summary every ``every_s`` seconds.
+
+    Args:
+        total: trials in the sweep.
+        nuisance: nuisance keys shown on each line.
+        metric: the metric's name; the line shows ``best_<metric>``.
+        done: trials already recorded before this run (a resumed experiment).
+        every_s: seconds between summaries.
+        out: where to print (stdout).
+    """
+
+    def __init__(self, total: int, nuisance: Sequence[str], metric: str, *, done: int = 0,
+                 every_s: float = 60.0, out: TextIO | None = None) -> None:
+        self.total, self.nuisance, self.metric = total, list(nuisance), metric
+        self.done, self.every_s, self.out = done, every_s, out
+        self.counts: dict[str, int] = {}
+        self._t0 = self._last = time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        self._t0 = self._last = time.monotonic()
+
+    def get_state(self) -> dict[str, Any]:
+        return {"done": self.done, "counts": self.counts}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.done, self.counts = state["done"], state["counts"]
+
+    def _print(self, line: str) -> None:
+        try:
+            print(line, file=self.out or sys.stdout, flush=True)
+        except OSError:  # a closed pipe (`| head`) must not fail the trial being reported
+            pass
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                          ) -> None:
+        self._line(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self._line(trial, error=True)
+
+    def _line(self, trial: Trial, *, error: bool) -> None:
+        result = trial.last_result or {}
+        if result.get("already_recorded"):
+            return
+        status = outcome(trial, error=error)
+        self.done += 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status == "completed":
+            label, value = f"best_{self.metric}", result.get("objective")
+        elif status == "pruned":
+            label, value = f"{self.metric}@{result.get('step')}", result.get(self.metric)
+        else:  # diverged or error
+            label, value = "epochs", result.get("epochs_run")
+        shown = "-" if value is None else f"{value:.4g}"
+        nuis = " ".join(f"{k}={trial.config.get(k):.3g}" if isinstance(trial.config.get(k), float)
+                        else f"{k}={trial.config.get(k)}" for k in self.nuisance)
+        retried = f" retried={trial.num_failures}" if trial.num_failures else ""
+        self._print(f"[{self.done}/{self.total}] {status:<9} {label}={shown}  "
+                    f"{trial.config.get(META_PREFIX + 'point')} {nuis}{retried}")
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._print(self.summary(sum(t.status == "RUNNING" for t in trials)))
+
+    def summary(self, running: int = 0) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none ended yet"
+        mins, secs = divmod(int(time.monotonic() - self._t0), 60)
+        return (f"-- {mins}m{secs:02d}s: {self.done}/{self.total} trials done ({counts}); "
+                f"{running} running")
