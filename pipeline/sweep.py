@@ -2,8 +2,9 @@
 
 Ray Tune runs the trials (an embedded local Ray, or a cluster through ``--address``/``RAY_ADDRESS``),
 one Optuna study per scientific point samples the nuisance parameters and prunes on each epoch's
-validation loss (:mod:`pipeline.orchestration.searcher`, :mod:`pipeline.orchestration.scheduler`), and the driver writes every
-trial to Parquet as it ends (:mod:`pipeline.orchestration.callbacks`, :mod:`pipeline.analysis.results`).
+validation loss (:mod:`pipeline.orchestration.searcher`, :mod:`pipeline.orchestration.scheduler`),
+and the driver writes every trial to Parquet as it ends (:mod:`pipeline.orchestration.callbacks`,
+:mod:`pipeline.analysis.results`).
 
 Bad input (an unknown space, key or value, an unreachable ``--address``, an unwritable results
 folder, a corrupt results file) prints one line on stderr and exits 2 before anything is written.

@@ -43,7 +43,7 @@ def _finite(obj: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one trial without Ray. Returns 0, or 2 on bad input."""
-    p = argparse.ArgumentParser(prog="python -m pipeline.trial", description=__doc__.split("\n")[0].split(":")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.trial", description="Run one trial without Ray.")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set model.cell=lstm")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)

@@ -1,4 +1,4 @@
-"""Fixed protocols shared by the search spaces (ALGORITHM.md, "Training protocol")."""
+"""Fixed protocols shared by the search spaces (docs/method.md, "Training protocol")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The paper's claims checked against a finished sweep's tables (``REPRODUCTION.md``).
 
-The command line is :mod:`pipeline.reproduction`. Reads the ``trials`` and ``curves`` tables (pandas only: no torch, no ray), writes the report's
+The command line is :mod:`pipeline.reproduction`. Reads the ``trials`` and ``curves`` tables
+(pandas only: no torch, no ray), writes the report's
 figures with :mod:`pipeline.analysis.report`, and writes a Markdown file that states, claim by claim, whether
 this run supports it, with the numbers (means and Student-t 95% CIs over seeds). Every verdict is
 computed here from the tables, so rerunning the command on the same tables regenerates the file.

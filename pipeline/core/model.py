@@ -1,4 +1,4 @@
-"""The parallel network (ALGORITHM.md, "The parallel network and the warm-up fraction f").
+"""The parallel network (docs/method.md, "The parallel network and the warm-up fraction f").
 
 Each layer of width H is two cells of the same type on the same input: a warm part of width
 round(f * H) and a cold part with the rest; their outputs and states are concatenated (warm columns

@@ -1,5 +1,5 @@
 """Reachable multistability: VAA, its differentiable approximation VAA*, hidden-state sampling and
-the exact VAA of a network (ALGORITHM.md, "VAA", "VAA*", "Sampling reachable hidden states").
+the exact VAA of a network (docs/method.md, "VAA", "VAA*", "Sampling reachable hidden states").
 """
 
 from __future__ import annotations

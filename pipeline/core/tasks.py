@@ -1,4 +1,4 @@
-"""Tasks (ALGORITHM.md, "Tasks"): copy-first-input, denoising, and the MNIST family with padding.
+"""Tasks (docs/method.md, "Tasks"): copy-first-input, denoising, and the MNIST family with padding.
 
 Every split is a :class:`Split` whose ``batch(idx)`` gives time-major inputs ``(T, B, D)`` and targets
 for the final ``out_steps`` steps: ``(out_steps, B, 1)`` floats for regression, ``(B,)`` class labels

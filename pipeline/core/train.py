@@ -1,4 +1,4 @@
-"""The supervised training loop (ALGORITHM.md, "Training protocol").
+"""The supervised training loop (docs/method.md, "Training protocol").
 
 A fresh Adam, minibatches from the 80% training part, validation after every epoch, the exact VAA
 every ``vaa.every`` epochs, the best-validation weights restored at the end. Losses stay on the device

@@ -1,4 +1,4 @@
-"""The warm-up loop (ALGORITHM.md, "One warm-up step").
+"""The warm-up loop (docs/method.md, "One warm-up step").
 
 Step k: draw S ~ U{1..min(1 + increment*k, cap)}; sample hidden states from a minibatch of training
 inputs (targets unused); for every layer, run its warm part S steps from those states with a constant

@@ -2,7 +2,8 @@
 
 Tune calls ``scheduler.on_trial_result`` on every reported result, before the searcher hears of
 it. For each training epoch this scheduler passes the epoch's metric to
-:meth:`pipeline.orchestration.searcher.PointStudySearcher.report`, which reports it to the Optuna trial and asks
+:meth:`pipeline.orchestration.searcher.PointStudySearcher.report`, which reports it to the Optuna trial
+and asks
 that study's pruner. A ``True`` answer returns ``STOP``: Tune stops the trial at once (its
 ``tune.report`` call never returns), the searcher tells Optuna ``PRUNED``, and the Parquet writer
 records status ``pruned``.

@@ -7,7 +7,8 @@ the sampler. Here:
 - the grid of scientific points is walked round-robin; each point owns a study (named
   ``<experiment>/<point>``) that tunes only the nuisance parameters, so a trial is only ever
   compared with trials at its own point, by the sampler and by the pruner;
-- :meth:`PointStudySearcher.report` (called by :class:`pipeline.orchestration.scheduler.OptunaPruningScheduler`
+- :meth:`PointStudySearcher.report` (called by
+  :class:`pipeline.orchestration.scheduler.OptunaPruningScheduler`
   on each epoch) reports the metric to the Optuna trial and asks the study's pruner; a pruned trial
   is later told ``PRUNED``, a completed one ``COMPLETE`` with its best metric, and a diverged or
   failed one ``FAIL`` (it has no usable network, so it must never be a study's best);

@@ -1,4 +1,4 @@
-"""Cell initialisations and the one interface (ALGORITHM.md, "Cells")."""
+"""Cell initialisations and the one interface (docs/method.md, "Cells")."""
 
 from __future__ import annotations
 

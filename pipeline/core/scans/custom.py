@@ -393,7 +393,8 @@ def _mgu_native_backward(saved: tuple[Tensor, ...], grads: tuple[Tensor | None, 
     gUf, gUn = (Uf.new_zeros(Uf.shape), Un.new_zeros(Un.shape)) if need[2] or need[3] else (None, None)
     native.call("mgu_bwd_scan", T=T, B=B, H=H, G=G, F=F, R=R, N=N, hs=hs, h0=h0.contiguous(),
                 Uf=Uf.contiguous().reshape(G, H, H), Un=Un.contiguous().reshape(G, H, H), DZF=dzf, Gr=Gr,
-                gUf=None if gUf is None else gUf.view(G, H, H), gUn=None if gUn is None else gUn.view(G, H, H))
+                gUf=None if gUf is None else gUf.view(G, H, H),
+                gUn=None if gUn is None else gUn.view(G, H, H))
     return dzf, N, gUf if need[2] else None, gUn if need[3] else None, Gr[0]
 
 

@@ -1,4 +1,5 @@
-"""The native scan kernels (pipeline/core/scans/kernels.c via pipeline/core/scans/native.py): built here, equal to the
+"""The native scan kernels (pipeline/core/scans/kernels.c via its declared interface, native.py): built
+here, equal to the
 plain autograd loops in float32 (values and every gradient, over the shapes that take each code
 path: register tiles and their tails, rows split into lanes over threads, groups, expanded
 inputs), equal to the torch code they replace, NaN-propagating, and replaced by the torch code
@@ -27,7 +28,8 @@ HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang")) or bool(os.enviro
 # (T, G, B, H): small tails (B, H not multiples of the 4 x 16 tile), one full tile, lanes split
 # over threads (B >= 8, G < threads), several groups, one step
 SHAPES = [(9, 1, 5, 3), (12, 1, 32, 16), (7, 1, 13, 19), (6, 3, 12, 8), (1, 2, 3, 4), (5, 1, 32, 64)]
-CELLS = {"gru": (3, standard.gru_scan, reference.gru_scan_reference), "lstm": (4, standard.lstm_scan, reference.lstm_scan_reference)}
+CELLS = {"gru": (3, standard.gru_scan, reference.gru_scan_reference),
+         "lstm": (4, standard.lstm_scan, reference.lstm_scan_reference)}
 
 
 @pytest.fixture(autouse=True)
@@ -403,7 +405,8 @@ def _scan_and_args(cell: str, T: int, B: int, H: int, const: bool) -> tuple:
         if cell == "gru":
             return standard.gru_scan, [x, w, r(1, 3 * H), h0]
         return standard.lstm_scan, [x, w, h0, r(1, B, H, scale=0.5)]
-    n_in, scan = {"brc": (3, custom.brc_scan), "nbrc": (3, custom.nbrc_scan), "mgu": (2, custom.mgu_scan)}[cell]
+    n_in, scan = {"brc": (3, custom.brc_scan), "nbrc": (3, custom.nbrc_scan),
+                  "mgu": (2, custom.mgu_scan)}[cell]
     xs = [r(1, B, H).expand(T, B, H) if const else r(T, B, H) for _ in range(n_in)]
     ws = [r(H) for _ in range(2)] if cell == "brc" else [r(H, H, scale=0.5) for _ in range(2)]
     return scan, [*xs, *ws, r(B, H, scale=0.5)]
