@@ -140,7 +140,8 @@ class LSTM(Cell):
     cell state as well. Otherwise the output sequence comes from the library kernel (cuDNN, oneDNN)
     and the cell state of every step (needed to sample LSTM states) is recomputed from it: with
     ``h_{t-1}`` known for all t, the gates of all steps are one matmul and
-    ``c_t = f_t * c_{t-1} + i_t * g_t`` is an element-wise scan. This is the same function of the parameters, so its gradients are exact.
+    ``c_t = f_t * c_{t-1} + i_t * g_t`` is an element-wise scan. This is the same function of the
+    parameters, so its gradients are exact.
     """
 
     n_state = 2
