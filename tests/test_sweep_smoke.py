@@ -38,6 +38,8 @@ def test_copy_task_smoke_sweep_end_to_end(ray_session: str, tmp_path: Path,
     done = trials[trials["status"] == "completed"]
     assert done["test_loss"].notna().all() and done["vaa_init"].between(0, 1).all()
     assert (trials["threads"] == 1).all() and trials["host"].notna().all()
+    # every row, pruned ones included, says how its scans ran on the CPU
+    assert trials["native_kernels"].notna().all() and trials["flush_denormal"].notna().all()
     assert (trials.loc[trials["warmup.steps"] == 0, "warmup.fraction"] == 0).all()
     assert set(curves["trial_id"]) == set(trials["trial_id"])
     assert {"warmup", "train"} == set(curves["phase"])

@@ -56,14 +56,14 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Report | None = N
             if r.alive:
                 r.guarded(getattr(r, method))
 
-    def summary(phase: str, keys: tuple[str, ...]) -> None:
+    def summary(phase: str, keys: tuple[str, ...], **same: Any) -> None:
         live = [r.rec for r in replicas if r.alive]
         if live:
-            report({"phase": phase, **{k: mean([rec[k] for rec in live]) for k in keys}})
+            report({"phase": phase, **{k: mean([rec[k] for rec in live]) for k in keys}, **same})
 
     try:
         each("setup")
-        summary("setup", ("n_params", "vaa_init", "vaa_star_init"))
+        summary("setup", ("n_params", "vaa_init", "vaa_star_init"), **mode)  # a pruned row keeps it
         warmup_all(replicas, report)
         each("after_warmup")
         summary("warmed", ("vaa_warm", "vaa_star_warm", "warmup_s"))

@@ -3,9 +3,10 @@
  * A scan step on a (rows, H) tile is one small matmul and a handful of element-wise operations.
  * As torch kernels each element-wise operation costs a few microseconds of dispatch, several times
  * its arithmetic; here a scan's whole time loop, forward or backward, is one call. Built and loaded
- * by pipeline/core/scans/native.py (plain C, no torch headers); every scan has a torch twin in
- * pipeline/core/scans/custom.py or pipeline/core/scans/standard.py that defines what it must compute, and the tests
- * compare the two.
+ * by native.py beside this file (plain C, no torch headers), which declares every exported function
+ * below by its parameter names (a test compares them with these prototypes). Every scan has a torch
+ * twin in custom.py or standard.py, and a plain loop in reference.py, that define what it must
+ * compute; the tests compare them.
  *
  * Compiled without -ffast-math: NaN and infinities propagate as in torch (a diverging trial must
  * show up as NaN). Float-to-int conversion in fexp needs -fno-trapping-math to vectorise.
