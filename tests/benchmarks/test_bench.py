@@ -1,13 +1,26 @@
-"""The micro-benchmark CLI: one JSON line of medians, replicas, and bad input."""
+"""The benchmark scripts (``benchmarks/``, outside the package): the micro-benchmark CLI (one JSON
+line of medians, replicas, bad input), the A/B and GPU-session plumbing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from pipeline.bench import main
+
+
+def _benchmarks_module(name: str):
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+main = _benchmarks_module("bench").main
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "brc"])
@@ -26,17 +39,6 @@ def test_bench_bad_input_is_one_error_line(capsys: pytest.CaptureFixture[str]) -
     assert main(["--replicas", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --replicas must be >= 1 but got 0"]
-
-
-def _benchmarks_module(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
 
 
 def test_most_trials_at_once_counts_overlaps() -> None:
@@ -93,9 +95,11 @@ def test_gpu_session_runs_every_file_with_gpu_tests() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    listed = set(re.findall(r"tests/(test_\w+\.py)", (root / "benchmarks" / "gpu_session.sh").read_text()))
+    script = (root / "benchmarks" / "gpu_session.sh").read_text()
+    listed = set(re.findall(r"(tests/[\w/]*test_\w+\.py)", script))
     gpu_mark = re.compile(r"^(@pytest\.mark\.gpu|pytestmark = \[pytest\.mark\.gpu)", re.M)
-    marked = {p.name for p in (root / "tests").glob("test_*.py") if gpu_mark.search(p.read_text())}
+    marked = {str(p.relative_to(root)) for p in (root / "tests").rglob("test_*.py")
+              if gpu_mark.search(p.read_text())}
     assert marked and listed == marked
 
 
@@ -103,7 +107,7 @@ def test_gpu_session_runs_every_file_with_gpu_tests() -> None:
 def test_ab_script_runs_both_sides(what: str, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/ab.py alternates its two sides and leaves the process as it found it."""
-    from pipeline import cells
+    from pipeline.core import cells
 
     ab = _benchmarks_module("ab")
     argv = ["--what", what, "--cells", "brc", "--hidden", "6", "--seq-len", "4", "--batch", "8",
