@@ -4,10 +4,10 @@ grouped scans against one cell at a time, the ragged prefix pass of the warm-up'
 sampling against one pass over the whole sequence, or subnormal floats flushed to zero (a trial's
 CPU float mode, :func:`pipeline.core.device.flush_denormals`) against IEEE gradual underflow.
 
-    PYTHONPATH=. python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
-    PYTHONPATH=. python benchmarks/ab.py --what group --cells gru brc --replicas 4
-    PYTHONPATH=. python benchmarks/ab.py --what ragged --cells lstm gru
-    PYTHONPATH=. python benchmarks/ab.py --what flush --loss-scale 1e-36 --seq-len 300
+    python benchmarks/ab.py --what native --cells gru lstm mgu brc nbrc
+    python benchmarks/ab.py --what group --cells gru brc --replicas 4
+    python benchmarks/ab.py --what ragged --cells lstm gru
+    python benchmarks/ab.py --what flush --loss-scale 1e-36 --seq-len 300
 
 ``--loss-scale`` multiplies the train loss: 1e-36 puts every gradient of the train step in or near
 the subnormal range (below 1.2e-38), the worst case of gradients that decay over long sequences.
@@ -24,16 +24,21 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from pipeline.core import multistability
 from pipeline.core.config import CELLS, ModelConfig, WarmupConfig
-from pipeline.core.model import build_model, forward_group
 from pipeline.core.device import flush_denormals
+from pipeline.core.model import build_model, forward_group
 from pipeline.core.tasks import Split
 from pipeline.core.warmup import warmup_step_group
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flags import DEFAULT_CELLS, add_run_flags, add_shape_flags  # noqa: E402  (a sibling script)
 
 SIDES = {"native": ("native", "torch"), "group": ("grouped", "alone"), "ragged": ("ragged", "full"),
          "flush": ("flush", "ieee")}
@@ -124,14 +129,9 @@ def run(cell: str, what: str, args: argparse.Namespace) -> dict[str, dict[str, f
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--what", choices=sorted(SIDES), required=True)
-    p.add_argument("--cells", nargs="+", choices=CELLS, default=["gru", "lstm", "mgu", "brc", "nbrc"])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--layers", type=int, default=2)
+    add_shape_flags(p, cells=DEFAULT_CELLS, choices=CELLS)
+    add_run_flags(p, device=None, threads=2, rounds=4)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmups", type=int, default=6)
     p.add_argument("--trains", type=int, default=8)
     p.add_argument("--loss-scale", type=float, default=1.0, help="factor on the train loss")

@@ -1,13 +1,15 @@
 """Run the project's benchmark and the speed yardstick back to back, and print ratios of medians.
 
-    python benchmarks/compare.py --yardstick ../shared/bench/naive_ref.py --device cpu --threads 2 \
+    python benchmarks/compare.py --device cpu --threads 2 \
         --hidden 64 --seq-len 100 --batch 32 --layers 2 --rounds 3 --cells gru lstm mgu brc nbrc
 
 On a GPU: ``--device cuda --hidden 256 --seq-len 300`` (``benchmarks/gpu_session.sh`` runs it).
 
 Each round runs both implementations once per cell (alternating, so machine noise hits both); the
 table reports each side's median over rounds and the ratio yardstick / project (higher = faster).
-The yardstick is only run as a separate process; the project never imports it.
+The project's side is ``benchmarks/bench.py``; the yardstick is ``benchmarks/reference.py`` (the
+method as its published code runs it) unless ``--yardstick`` names another script with the same
+flags and JSON keys. Both are only run as separate processes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ import platform
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from flags import DEFAULT_CELLS, add_run_flags, add_shape_flags, shape_argv  # noqa: E402  (a sibling)
 
 
 def run(cmd: list[str]) -> dict | None:
@@ -37,30 +44,23 @@ def run(cmd: list[str]) -> dict | None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--yardstick", required=True, help="path to naive_ref.py")
-    p.add_argument("--cells", nargs="+", default=["gru", "lstm", "mgu", "brc", "nbrc"])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--reps", type=int, default=5, help="timed steps per run of ours (median)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--yardstick", default=str(HERE / "reference.py"),
+                   help="the yardstick script (default: benchmarks/reference.py)")
+    add_shape_flags(p, cells=DEFAULT_CELLS)
+    add_run_flags(p, device="cpu", threads=2, rounds=3, reps=5)
     p.add_argument("--ref-reps", type=int, default=5,
                    help="timed warm-up steps per run of the yardstick (2 x this many train steps); "
                         "lower it for its slow GPU cells (a BRC warm-up step takes seconds there)")
     p.add_argument("--jsonl", help="also append every run's JSON line here")
     a = p.parse_args()
-    shape = ["--hidden", str(a.hidden), "--seq-len", str(a.seq_len), "--batch", str(a.batch),
-             "--layers", str(a.layers), "--device", a.device]
+    shape = [*shape_argv(a), "--device", a.device]
     threads = ["--threads", str(a.threads)] if a.device == "cpu" else []
     res: dict[tuple[str, str], list[dict | None]] = {}
     for _ in range(a.rounds):
         for cell in a.cells:
             res.setdefault((cell, "ours"), []).append(
-                run([sys.executable, "-m", "pipeline.bench", "--cell", cell, *shape, *threads,
+                run([sys.executable, str(HERE / "bench.py"), "--cell", cell, *shape, *threads,
                      "--reps", str(a.reps), "--json"]))
             res.setdefault((cell, "ref"), []).append(
                 run([sys.executable, a.yardstick, "--cell", cell, *shape, *threads,

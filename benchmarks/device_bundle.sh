@@ -3,16 +3,15 @@
 # package registry and has its own Python 3.12 + CUDA torch (the lent H100/H200 image, which has
 # torch, numpy, pandas, pyarrow, matplotlib, pytest and pyyaml but neither Ray nor Optuna).
 #
-#     bash benchmarks/device_bundle.sh [path/to/naive_ref.py]
+#     bash benchmarks/device_bundle.sh
 #
 # Writes .devbundle/site.tar.xz (Ray, Optuna and their missing dependencies as CPython 3.12
 # manylinux wheels unpacked into one site directory; Ray's Java jars and dashboard web client are
-# dropped, which a Tune sweep never loads, to stay under the device's 64 MiB transfer limit) and
-# .devbundle/naive_ref.py (the speed yardstick, which lives outside the repository). The versions are
-# the ones pyproject.toml pins. .devbundle/ is git-ignored.
+# dropped, which a Tune sweep never loads, to stay under the device's 64 MiB transfer limit). The
+# speed yardstick needs nothing from it: benchmarks/reference.py is in the repository. The versions
+# are the ones pyproject.toml pins. .devbundle/ is git-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-YARDSTICK=${1:-../shared/bench/naive_ref.py}
 PY=${PYTHON:-python3}
 PKGS=(ray==2.60.0 optuna==5.0.0 alembic==1.20.1 Mako==1.4.3 colorlog==6.12.0 SQLAlchemy==2.1.9
       jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
@@ -26,9 +25,4 @@ trap 'rm -rf "$work"' EXIT
 rm -rf "$work/site/ray/jars" "$work/site/ray/dashboard/client/build" "$work/site/bin"
 mkdir -p .devbundle
 tar -C "$work/site" -cJf .devbundle/site.tar.xz .
-if [ -f "$YARDSTICK" ]; then
-    cp "$YARDSTICK" .devbundle/naive_ref.py
-else
-    echo "warning: no yardstick at $YARDSTICK; gpu_session.sh will skip the comparison" >&2
-fi
 du -sh .devbundle/*

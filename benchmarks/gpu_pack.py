@@ -24,6 +24,9 @@ import pandas as pd
 
 from pipeline.analysis.results import load
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flags import add_run_flags  # noqa: E402  (a sibling script)
+
 SPACE = "copy_task"
 
 
@@ -42,7 +45,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default="results-pack")
     p.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.25])
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    add_run_flags(p, device="cuda", devices=("cuda", "cpu"), threads=None)
     p.add_argument("--timeout", type=float, default=300, help="seconds per sweep before giving up")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the sweep, e.g. model.cell=gru for the 18-trial half of the grid")

@@ -3,7 +3,7 @@
 # first; each part's output lands in $OUT (default ./gpu-out) as soon as it is done, so a run cut
 # short still returns what finished.
 #
-#     bash benchmarks/device_bundle.sh              # here, once: Ray/Optuna wheels + the yardstick
+#     bash benchmarks/device_bundle.sh              # here, once: Ray/Optuna wheels
 #     bash benchmarks/gpu_session.sh [PART ...]     # there; parts: env tests compare replicas pack profile
 #
 # On a machine that has the project's dependencies installed, the bundle is not needed.
@@ -23,8 +23,7 @@ if [ -f .devbundle/site.tar.xz ] && [ "${DRY:-0}" != 1 ]; then
         .devbundle/site.tar.xz /tmp/devsite
     export PYTHONPATH="$PYTHONPATH:/tmp/devsite"
 fi
-YARDSTICK=${YARDSTICK:-.devbundle/naive_ref.py}
-[ -f "$YARDSTICK" ] || YARDSTICK=../shared/bench/naive_ref.py
+YARDSTICK=${YARDSTICK:-benchmarks/reference.py}
 
 if [ "${DRY:-0}" = 1 ]; then
     DEV=cpu; SHAPE=(--hidden 16 --seq-len 20 --batch 8 --layers 2); CELLS=(gru brc); REPS=2; REF_REPS=1
@@ -55,9 +54,9 @@ fi
 if part tests; then
     say "pytest -m gpu"
     if [ "$DEV" = cuda ]; then
-        timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_fused.py \
-            tests/test_core_tasks.py \
-            tests/test_fused_gated.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+        timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/core/test_gpu.py \
+            tests/core/test_tasks.py tests/core/scans/test_custom.py \
+            tests/core/scans/test_standard.py 2>&1 | tee "$OUT/pytest_gpu.txt"
     else
         echo "DRY: no CUDA; the gpu tests would skip" | tee "$OUT/pytest_gpu.txt"
     fi
@@ -65,13 +64,9 @@ fi
 
 if part compare; then
     say "compare against the yardstick ($YARDSTICK)"
-    if [ -f "$YARDSTICK" ]; then
-        timeout 420 "$PY" benchmarks/compare.py --yardstick "$YARDSTICK" --device "$DEV" "${SHAPE[@]}" \
-            --rounds 1 --reps "$REPS" --ref-reps "$REF_REPS" --cells "${CELLS[@]}" \
-            --jsonl "$OUT/compare_runs.jsonl" 2>&1 | tee "$OUT/compare.md"
-    else
-        echo "no yardstick: run benchmarks/device_bundle.sh first" | tee "$OUT/compare.md"
-    fi
+    timeout 420 "$PY" benchmarks/compare.py --yardstick "$YARDSTICK" --device "$DEV" "${SHAPE[@]}" \
+        --rounds 1 --reps "$REPS" --ref-reps "$REF_REPS" --cells "${CELLS[@]}" \
+        --jsonl "$OUT/compare_runs.jsonl" 2>&1 | tee "$OUT/compare.md"
 fi
 
 if part replicas; then
@@ -79,7 +74,8 @@ if part replicas; then
     # one process for all runs (the CLI's own main), sparing a start-up per run
     timeout 240 "$PY" - "$DEV" "$REPS" "${SHAPE[@]}" -- "${CELLS[@]}" <<'EOF' 2>&1 | tee "$OUT/replicas.jsonl"
 import sys
-from pipeline.bench import main
+sys.path.insert(0, "benchmarks")
+from bench import main
 dev, reps, *rest = sys.argv[1:]
 shape, cells = rest[:rest.index("--")], rest[rest.index("--") + 1:]
 for cell in cells:

@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flags import add_run_flags, add_shape_flags  # noqa: E402  (a sibling script)
 
 
 def rate(m: int, k: int, n: int, reps: int) -> float:
@@ -46,14 +51,10 @@ def rate(m: int, k: int, n: int, reps: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--layers", type=int, default=2)
+    add_shape_flags(p, with_cell=False)
+    add_run_flags(p, device=None, threads=2, reps=10)
     p.add_argument("--input-size", type=int, default=1)
     p.add_argument("--stab", type=float, default=100.5, help="mean stabilisation length S")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=10)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     H, B, G = a.hidden, a.batch, 4 * a.hidden

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --cells gru brc --device cuda --hidden 256 --seq-len 300
 
-The steps are the ones ``python -m pipeline.bench`` times (same settings, same meaning); each is run
+The steps are the ones ``benchmarks/bench.py`` times (same settings, same meaning); each is run
 ``--warm`` times untimed, then ``--steps`` times under the profiler. Prints, per cell and step, the
 operations sorted by self device time (CUDA) or self CPU time, ``--top`` rows, and the number of
 kernels launched per step on a GPU: what to look at when a speed target is missed.
@@ -11,25 +11,25 @@ kernels launched per step on a GPU: what to look at when a speed target is misse
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline.bench import make_steps
 from pipeline.core.config import CELLS
 from pipeline.core.device import resolve_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import make_steps  # noqa: E402  (sibling scripts)
+from flags import add_run_flags, add_shape_flags  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cells", nargs="+", choices=CELLS, default=["gru", "brc"])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--layers", type=int, default=2)
+    add_shape_flags(p, cells=("gru", "brc"), choices=CELLS)
+    add_run_flags(p, device="cpu", threads=0)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=12)

@@ -169,17 +169,18 @@ class StackedRNN(nn.Module):
         return self.readout(x), finals
 
 
-def sample_states(net: StackedRNN, x: Tensor, gen: torch.Generator) -> list[State]:
+def sample_states(net: StackedRNN, x: Tensor, gen: torch.Generator | None = None) -> list[State]:
     """"Sampling reachable hidden states", one sample at a time: for each sequence i of ``x``
-    ``(T, B, I)``, draw c_i ~ U{1..T} and run the whole network from zeros over ``x[:c_i, i]``.
-    Gradients flow through these passes (not detached). Returns every layer's states, a tuple of
-    ``(B, H)`` tensors each."""
+    ``(T, B, I)``, draw c_i ~ U{1..T} (from ``gen``, else torch's global RNG) and run the whole
+    network from zeros over ``x[:c_i, i]``. Gradients flow through these passes (not detached).
+    Returns every layer's states, a tuple of ``(B, H)`` tensors each."""
     per_sample = []
     for i in range(x.size(1)):
         prefix = int(torch.randint(1, x.size(0) + 1, (), generator=gen))
         _, finals = net(x[:prefix, i:i + 1])
         per_sample.append(finals)
-    return [tuple(torch.cat(parts) for parts in zip(*(finals[layer] for finals in per_sample)))
+    # per layer, per state tensor: the B samples' (1, H) states -> (B, H)
+    return [tuple(torch.cat(parts) for parts in zip(*(s[layer] for s in per_sample), strict=True))
             for layer in range(len(net.layers))]
 
 
@@ -195,15 +196,18 @@ def vaa_star(h: Tensor, eps: float = 1e-4) -> Tensor:
 
 
 def warmup_step(net: StackedRNN, opt: torch.optim.Optimizer, x: Tensor, k: int,
-                gen: torch.Generator, target: float = 0.95) -> float:
+                gen: torch.Generator | None = None, target: float = 0.95) -> float:
     """"One warm-up step" k on the batch ``x`` ``(T, B, I)``: S ~ U{1..min(1 + 10k, 200)}; states
     sampled from ``x``; each layer run alone for S steps from its states on a constant input
-    u_l ~ N(0, I) of its input size; loss = mean over layers of (VAA*_l - target)^2. Returns it."""
+    u_l ~ N(0, I) of its input size; loss = mean over layers of (VAA*_l - target)^2. Returns it.
+
+    The draws come from ``gen`` (a CPU generator, for CPU runs) or, when None, from torch's global
+    RNG, in this order: S, then c_i for each sample, then u_l for each layer."""
     stab = int(torch.randint(1, min(1 + 10 * k, 200) + 1, (), generator=gen))
     states = sample_states(net, x, gen)
     losses = []
     for layer, h0 in zip(net.layers, states, strict=True):
-        u = torch.randn(layer.input_size, generator=gen).to(x.device)
+        u = torch.randn(layer.input_size, device=x.device, generator=gen)
         _, final = layer(u.expand(stab, x.size(1), -1), h0)  # the same u for every step and sample
         losses.append((vaa_star(torch.cat(final, dim=1)) - target) ** 2)
     loss = torch.stack(losses).mean()
@@ -226,15 +230,19 @@ def train_step(net: StackedRNN, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
 def make_steps(cell: str, hidden: int, seq_len: int, batch: int, layers: int,
                device: torch.device, seed: int = 0) -> tuple[Callable[[], float], Callable[[], float]]:
     """The warm-up step (at schedule step 20, Adam lr 1e-2) and the train step (Adam lr 1e-3) that
-    :func:`main` times, as closures over one network on input size 1 and one ``(T, B, 1)`` batch."""
+    :func:`main` times, as closures over one network on input size 1 and one ``(T, B, 1)`` batch.
+
+    As in the published code, every draw comes from torch's global RNG, seeded once with ``seed``:
+    the weights, then the batch, then each warm-up step's S, c_i and u_l. What a warm-up step costs
+    depends on its draws (the prefix lengths c_i above all), so the same seed and draw order is
+    what makes two implementations' medians comparable."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     net = StackedRNN(cell, 1, hidden, layers, 1).to(device)
-    x = torch.randn(seq_len, batch, 1, generator=gen).to(device)
+    x = torch.randn(seq_len, batch, 1, device=device)
     y = x[0].clone()  # copy-first-input
     warmup_opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     train_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    return (lambda: warmup_step(net, warmup_opt, x, 20, gen),
+    return (lambda: warmup_step(net, warmup_opt, x, 20),
             lambda: train_step(net, train_opt, x, y))
 
 
