@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import math
 import os
 import re
 import sys
@@ -25,15 +27,31 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import optuna
 import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray import tune
 
 import search_spaces
-from pipeline.analysis.results import ResultsError, Store, provenance
-from pipeline.core.config import MNIST_TASKS, TrialConfig, parse_sets
-from pipeline.orchestration.callbacks import Progress, ResultsWriter
+from pipeline.analysis.results import (
+    ExperimentLock,
+    LockHeld,
+    ResultsError,
+    Store,
+    provenance,
+    writable_folder,
+)
+from pipeline.core.config import MNIST_TASKS, TrialConfig, coerce, parse_sets
+from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
 from pipeline.orchestration.scheduler import OptunaPruningScheduler
-from pipeline.orchestration.searcher import PointStudySearcher, check_journal, make_sampler
+from pipeline.orchestration.searcher import (
+    PointStudySearcher,
+    check_journal,
+    journal_lock,
+    make_sampler,
+    repair_journal,
+)
 from pipeline.orchestration.session import BadInput, check_resources, connect, quiet_logs
 from pipeline.orchestration.trainable import make_trainable
 from search_spaces.space import SearchSpace, estimate_core_hours, point_key
@@ -55,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--experiment", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
     a("--num-samples", type=int, help="trials (nuisance samples) per scientific point")
     a("--max-concurrent", type=int, help="at most this many trials at once (default: resources)")
-    a("--cpus-per-trial", type=float, default=1.0, help="CPU share per trial = its torch threads")
-    a("--gpus-per-trial", type=float, default=0.0,
+    a("--cpus-per-trial", type=float, help="CPU share per trial = its torch threads (default 1)")
+    a("--gpus-per-trial", type=float,
       help="GPU share per trial (0.25 packs four); only requested when the cluster has GPUs")
     a("--address", default=os.environ.get("RAY_ADDRESS"),
       help="Ray cluster to join (default $RAY_ADDRESS; none: start a local Ray)")
@@ -66,33 +84,62 @@ def build_parser() -> argparse.ArgumentParser:
     a("--journal", help="Optuna journal file (default RESULTS/SPACE/optuna.journal)")
     a("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
       help="pin a config key: a scientific key to one value, a nuisance key untuned")
-    a("--seed", type=int, default=0, help="seeds the samplers and the trials (default 0)")
-    a("--sampler", default="tpe", choices=("tpe", "random", "qmc"))
-    a("--pruner", default="median", choices=("median", "halving", "hyperband", "none"))
-    a("--max-failures", type=int, default=2, help="retries of a trial whose process died")
-    a("--smoke", action="store_true", help="a tiny sweep: minutes on 2 CPU cores")
+    a("--seed", type=int, help="seeds the samplers and the trials (default 0)")
+    a("--sampler", choices=("tpe", "random", "qmc"), help="default tpe")
+    a("--pruner", choices=("median", "halving", "hyperband", "none"), help="default median")
+    a("--max-failures", type=int, help="retries of a trial whose process died (default 2)")
+    a("--smoke", action="store_true", default=None, help="a tiny sweep: minutes on 2 CPU cores")
     a("--dry-run", action="store_true", help="print the grid, trial count and cost; run nothing")
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
-    a("--resume", metavar="EXPERIMENT", help="finish an interrupted experiment of --space")
+    a("--resume", metavar="EXPERIMENT",
+      help="finish an interrupted experiment of --space: exactly the runs without a row")
     a("--verbose", action="store_true", help="show Tune's own tables and Ray's log output")
     return p
 
 
 # --------------------------------------------------------------------------------------- planning
+DEFAULTS: dict[str, Any] = {"seed": 0, "sampler": "tpe", "pruner": "median", "smoke": False,
+                            "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_failures": 2}
+"""The values of options left unset (unset options are None, so a resume can tell them apart)."""
+
+DEFINITION_OPTIONS = ("experiment", "sets", "num_samples", "smoke", "seed", "sampler", "pruner",
+                      "journal", "storage")
+"""Options that define an experiment: ``--resume`` takes them from ``experiment.json`` and
+refuses them on its command line. Resources (``--max-concurrent``, ``--cpus-per-trial``,
+``--gpus-per-trial``, ``--max-failures``, ``--address``) apply to the resumed session."""
+
+PLAN_FORMAT = "runs/1"
+"""``experiment.json``'s ``plan``: runs identified by (point, sample), resumed from the record."""
+
+
+def _opt(args: argparse.Namespace, name: str) -> Any:
+    value = getattr(args, name)
+    return DEFAULTS[name] if value is None else value
+
+
 def plan_space(args: argparse.Namespace) -> SearchSpace:
     """The space after --smoke, --set and --num-samples, validated (BadInput on any error)."""
     try:
         space = search_spaces.get(args.space)
-        if args.smoke:
+        if _opt(args, "smoke"):
             space = space.smoke_version()
         space = space.with_sets(parse_sets(args.sets))
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise ValueError(f"--max-concurrent must be >= 1 but got {args.max_concurrent}")
+        if args.max_failures is not None and args.max_failures < 0:
+            raise ValueError(f"--max-failures must be >= 0 (retries of a dead trial process) "
+                             f"but got {args.max_failures}")
         if args.num_samples is not None:
             if args.num_samples < 1:
                 raise ValueError(f"--num-samples must be >= 1 but got {args.num_samples}")
             space = dataclasses.replace(space, samples_per_point=args.num_samples)
-        space.validate(seed=args.seed)
+        for name in ("cpus_per_trial", "gpus_per_trial"):
+            value = getattr(args, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number but got "
+                                 f"{value}")
+        coerce("seed", _opt(args, "seed"))
+        space.validate(seed=_opt(args, "seed"))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     return space
@@ -107,14 +154,15 @@ def print_plan(space: SearchSpace, args: argparse.Namespace) -> None:
     points = space.points()
     keys = list(space.scientific)
     widths = [max(len(k), *(len(str(p[k])) for p in points)) for k in keys]
-    print(f"space {space.name}{' (smoke)' if args.smoke else ''}: {len(points)} scientific points "
-          f"x {space.samples_per_point} samples = {len(points) * space.samples_per_point} trials, "
-          f"{space.seeds} seed(s) per trial")
+    print(f"space {space.name}{' (smoke)' if _opt(args, 'smoke') else ''}: {len(points)} "
+          f"scientific points x {space.samples_per_point} samples = "
+          f"{len(points) * space.samples_per_point} trials, {space.seeds} seed(s) per trial")
     print("  " + "  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
     for p in points:
         print("  " + "  ".join(str(p[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
     for key, dist in space.nuisance.items():
-        print(f"nuisance {key} ~ {dist} (one {args.sampler} study per point, {args.pruner} pruner)")
+        print(f"nuisance {key} ~ {dist} (one {_opt(args, 'sampler')} study per point, "
+              f"{_opt(args, 'pruner')} pruner)")
     print("fixed " + " ".join(f"{k}={v}" for k, v in space.fixed.items()))
     hours = estimate_core_hours(space)
     cores = os.cpu_count() or 1
@@ -128,50 +176,24 @@ def trial_name(trial: Any) -> str:
     return str(trial.trial_id)
 
 
-def _can_restore(path: str) -> bool:
-    try:
-        return tune.Tuner.can_restore(path)
-    except Exception:  # noqa: BLE001 - an unreachable or malformed URI: nothing to restore
-        return False
-
-
-def _done(store: Store) -> dict[str, dict[str, Any]]:
-    """Trial id -> final summary of the trials already in Parquet (never run again)."""
-    rows = store.read("trials").drop_duplicates("trial_id")
-    return {str(r.trial_id): {"status": r.status,
-                              "objective": None if r.objective != r.objective else r.objective}
-            for r in rows.itertuples()}
-
-
-def fit(space: SearchSpace, args: argparse.Namespace, exp: str, store: Store,
-        settings: dict[str, Any], *, resume: bool) -> None:
-    """Build (or restore) the Tuner and run it to the end or to an interrupt."""
+def fit(space: SearchSpace, args: argparse.Namespace, searcher: PointStudySearcher,
+        writer: ResultsWriter, halt: Halt, progress: Progress, settings: dict[str, Any],
+        run_name: str) -> None:
+    """Run the runs the searcher has queued, in a fresh Tune experiment ``run_name``."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record
     definition = settings["definition"]
     trainable = make_trainable(objective=definition["objective"], metric=definition["metric"],
-                               done=_done(store), cpus=settings["cpus_per_trial"],
-                               gpus=settings["gpus_per_trial"])
-    path = f"{settings['storage']}/{exp}"
-    if resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        searcher = PointStudySearcher(space, experiment=exp, journal=settings["journal"],
-                                      sampler=settings["sampler"], pruner=settings["pruner"],
-                                      seed=settings["seed"], epochs=epochs_of(space))
-        callbacks = [ResultsWriter(settings["results"], space.name, exp, provenance()),
-                     Progress(searcher.total, list(space.nuisance), space.metric)]
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
-                num_samples=searcher.total, max_concurrent_trials=settings["max_concurrent"],
-                reuse_actors=True, trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name),
-            run_config=tune.RunConfig(
-                name=exp, storage_path=settings["storage"], callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=settings["max_failures"]),
-                verbose=2 if args.verbose else 0, log_to_file=True))
+                               cpus=settings["cpus_per_trial"], gpus=settings["gpus_per_trial"])
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=OptunaPruningScheduler(searcher),
+            num_samples=searcher.remaining, max_concurrent_trials=settings["max_concurrent"],
+            reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=settings["storage"], callbacks=[writer, progress],
+            stop=halt, failure_config=tune.FailureConfig(max_failures=settings["max_failures"]),
+            verbose=2 if args.verbose else 0, log_to_file=True))
     quiet = {} if args.verbose else {"RAY_AIR_NEW_OUTPUT": "0"}  # the legacy output obeys verbose=0
     saved = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)
@@ -187,10 +209,12 @@ def fit(space: SearchSpace, args: argparse.Namespace, exp: str, store: Store,
 
 # --------------------------------------------------------------------------------------- running
 def _experiment_name(args: argparse.Namespace, space: SearchSpace) -> str:
-    name = args.resume or args.experiment or \
+    given = args.resume if args.resume is not None else args.experiment
+    name = given if given is not None else \
         f"{space.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    if not _NAME.match(name) or "=" in name:
-        raise BadInput(f"experiment name {name!r} must be letters, digits, '.', '_' or '-'")
+    if not _NAME.fullmatch(name):
+        raise BadInput(f"experiment name {name!r} must be letters, digits, '.', '_' or '-' "
+                       f"(starting with a letter or digit)")
     return name
 
 
@@ -206,74 +230,200 @@ def _check_data(space: SearchSpace) -> None:
                 raise BadInput(str(exc).splitlines()[0]) from None
 
 
-def run(args: argparse.Namespace, space: SearchSpace) -> int:
+def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> SearchSpace:
+    """The experiment's own space, rebuilt from ``experiment.json`` and checked against the
+    definition it recorded (a space file edited since would plan other runs)."""
+    if settings.get("plan") != PLAN_FORMAT:
+        raise BadInput(f"experiment {settings.get('experiment')!r} was written by an older "
+                       f"version without stable run identities; it cannot be resumed exactly: "
+                       f"start a new experiment")
+    given = [f"--{n.replace('_', '-')}" for n in DEFINITION_OPTIONS
+             if getattr(args, n) not in (None, [])]
+    if given:
+        raise BadInput(f"--resume takes the experiment's own definition from experiment.json; "
+                       f"drop {', '.join(given)} (only resources apply: --max-concurrent, "
+                       f"--cpus-per-trial, --gpus-per-trial, --max-failures, --address)")
+    saved = argparse.Namespace(**{**vars(args), "smoke": settings["smoke"],
+                                  "sets": settings["sets"], "seed": settings["seed"],
+                                  "num_samples": settings["definition"]["samples_per_point"]})
+    space = plan_space(saved)
+    if json.loads(json.dumps(space.describe(), default=str)) != settings["definition"]:
+        raise BadInput(f"the definition of space {args.space!r} changed since experiment "
+                       f"{settings['experiment']!r} started; resume it with the code that "
+                       f"started it ({settings.get('git_sha')}), or start a new experiment")
+    return space
+
+
+def _check_new(exp: str, store: Store, storage: str, journal: str) -> None:
+    """A new experiment reuses nothing of an old one of the same name (rows, studies, state)."""
+    found = store.traces()
+    if os.path.exists(journal):
+        storage_ = JournalStorage(JournalFileBackend(journal))
+        if any(n.startswith(f"{exp}/") for n in optuna.get_all_study_names(storage_)):
+            found.append(f"its studies in {journal}")
+    if "://" not in storage and os.path.exists(f"{storage}/{exp}"):
+        found.append(f"{storage}/{exp}")
+    if found:
+        what = "experiment.json" if found == [store.experiment_json] else ", ".join(found)
+        raise BadInput(f"experiment {exp!r} already exists under {store.base} ({what}); use "
+                       f"--resume {exp} to finish it, or another --experiment")
+
+
+def _run_name(exp: str, storage: str, resume: bool) -> str:
+    """The Tune experiment of this session: ``EXP`` first, ``EXP.resume-N`` for each resume."""
+    if not resume:
+        return exp
+    n = 1
+    while "://" not in storage and os.path.exists(f"{storage}/{exp}.resume-{n}"):
+        n += 1
+    return f"{exp}.resume-{n}" if "://" not in storage else \
+        f"{exp}.resume-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
     """Validate the environment, then run (or resume) the experiment. Returns the exit status."""
-    exp = _experiment_name(args, space)
+    resume = args.resume is not None
+    exp = _experiment_name(args, space or search_spaces.get(args.space))
     try:
-        store = Store(args.results, space.name, exp)
+        store = Store(args.results, (space or search_spaces.get(args.space)).name, exp)
         store.check_writable()
-        store.check_readable()
-        settings = store.read_json(store.experiment_json) if args.resume else None
-    except FileNotFoundError:
-        raise BadInput(f"no experiment {exp!r} of space {space.name!r} under {args.results}; "
-                       f"nothing to resume") from None
     except ResultsError as exc:
         raise BadInput(str(exc)) from None
-    if settings is None and store.exists(store.experiment_json):
-        raise BadInput(f"experiment {exp!r} already exists under {args.results}/{space.name}; "
-                       f"use --resume {exp} to finish it, or another --experiment")
-    storage = settings["storage"] if settings else (args.storage or f"{store.base}/tune")
-    if "://" not in storage:
-        storage = os.path.abspath(storage)  # Tune needs an absolute local path
-    if settings:
-        journal = settings["journal"]
-    elif args.journal or store.is_local:
-        journal = os.path.abspath(args.journal or f"{store.base}/optuna.journal")
-    else:
+    settings = None
+    if resume:
+        try:
+            settings = store.read_json(store.experiment_json)
+        except FileNotFoundError:
+            raise BadInput(f"no experiment {exp!r} of space {store.space!r} under "
+                           f"{args.results}; nothing to resume") from None
+        except ResultsError as exc:
+            raise BadInput(str(exc)) from None
+    journal = (settings or {}).get("journal") or args.journal
+    if not journal and not store.is_local:
         raise BadInput("--journal PATH is needed when --results is a URI: the Optuna journal is "
                        "a local file on the driver")
+    # One writer per experiment: the lock sits beside its settings (local results) or beside
+    # the journal, which is always a local file of the driver (a URI has no atomic create).
+    lock_path = f"{store.base}/experiments/{exp}.lock" if store.is_local else \
+        f"{os.path.abspath(journal)}.{exp}.lock"
+    lock = ExperimentLock(lock_path, command=" ".join(["python -m pipeline.sweep",
+                                                       *(args.argv or sys.argv[1:])]))
     try:
-        check_journal(journal)
-        make_sampler(args.sampler, 0)
-    except ValueError as exc:
+        note = lock.acquire()
+    except LockHeld as exc:
+        raise BadInput(f"{exp}: {exc}") from None
+    try:
+        if note:
+            print(f"sweep: note: {note}", file=sys.stderr, flush=True)
+        return _run_locked(args, space, exp, store, settings)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, store: Store,
+                settings: dict[str, Any] | None) -> int:
+    resume = settings is not None
+    try:
+        store.check_readable()
+    except ResultsError as exc:
         raise BadInput(str(exc)) from None
+    if settings is not None:
+        space = _resumed_space(args, settings)
+    assert space is not None
+    storage = settings["storage"] if settings else (args.storage or f"{store.base}/tune")
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))  # Tune needs an absolute path
+        try:
+            writable_folder(storage, "--storage")
+        except ResultsError as exc:
+            raise BadInput(str(exc)) from None
+    journal = settings["journal"] if settings else \
+        os.path.abspath(args.journal or f"{store.base}/optuna.journal")
+    try:
+        writable_folder(os.path.dirname(journal), "the journal's folder")
+        with journal_lock(journal):
+            cut = repair_journal(journal)
+            check_journal(journal)
+        make_sampler(settings["sampler"] if settings else _opt(args, "sampler"), 0)
+    except (ValueError, ResultsError) as exc:
+        raise BadInput(str(exc)) from None
+    if cut:
+        print(f"sweep: note: cut an incomplete last line ({cut} bytes) off {journal}: a write "
+              f"interrupted by a crash", file=sys.stderr, flush=True)
     if settings is None:
+        _check_new(exp, store, storage, journal)
         _check_data(space)
-    if settings and not _can_restore(f"{storage}/{exp}"):
-        raise BadInput(f"no Tune state at {storage}/{exp}; cannot resume {exp!r}")
 
     started_ray = connect(args.address, verbose=args.verbose)
     log_file = None
     try:
-        asked = (settings["cpus_per_trial"], settings["gpus_per_trial"]) if settings else (
-            args.cpus_per_trial, args.gpus_per_trial)
+        asked = [settings[k] if settings and getattr(args, k) is None else _opt(args, k)
+                 for k in ("cpus_per_trial", "gpus_per_trial")]
         cpus, gpus = check_resources(*asked)
         if not args.verbose:
             log_file = quiet_logs(f"{store.base}/experiments/{exp}.log" if store.is_local else None)
         if settings is None:
             settings = _settings(args, space, exp, store, storage, journal, cpus, gpus)
             store.write_json(store.experiment_json, settings)
+        else:
+            session = {"cpus_per_trial": cpus, "gpus_per_trial": gpus,
+                       "max_concurrent": args.max_concurrent if args.max_concurrent is not None
+                       else settings["max_concurrent"],
+                       "max_failures": args.max_failures if args.max_failures is not None
+                       else settings["max_failures"]}
+            settings = {**settings, **session}
+        searcher = PointStudySearcher(space, experiment=exp, journal=journal,
+                                      sampler=settings["sampler"], pruner=settings["pruner"],
+                                      seed=settings["seed"], epochs=epochs_of(space))
+        if resume:
+            store.clean_stale()
+            store.drop_orphan_curves()
+        rec = searcher.plan(store.recorded())
+        if resume:
+            fixed = [f"{rec.told} told from their rows" if rec.told else "",
+                     f"{rec.resumed} interrupted runs rerun under their Optuna trials"
+                     if rec.resumed else "",
+                     f"{len(rec.closed)} orphan Optuna trials closed FAIL" if rec.closed else "",
+                     f"{rec.stale} Optuna trials finished without a row" if rec.stale else ""]
+            extra = "; ".join(f for f in fixed if f)
+            _say(f"resuming {exp}: {rec.recorded}/{rec.planned} runs recorded, {rec.missing} "
+                 f"to run{'; ' + extra if extra else ''}")
+        else:
             _say(f"experiment {exp}: {settings['trials']} trials "
                  f"({settings['points']} points x {space.samples_per_point}); "
                  f"results in {store.base}")
-        else:
-            _say(f"resuming {exp}: {len(store.trial_ids())}/{settings['trials']} trials recorded")
         t0 = time.monotonic()
-        fit(space, args, exp, store, settings, resume=bool(args.resume))
-        recorded = len(store.trial_ids())
-        if recorded >= settings["trials"]:
-            store.compact()
-            settings = {**settings, "finished_at": datetime.now(UTC).isoformat(),
-                        "wall_s": round(time.monotonic() - t0, 1)}
-            store.write_json(store.experiment_json, settings)
+        halt = Halt()
+        writer = ResultsWriter(settings["results"], space.name, exp, provenance(), searcher, halt)
+        progress = Progress(searcher.total, list(space.nuisance), space.metric,
+                            done=rec.recorded, writer=writer)
+        if searcher.remaining:
+            fit(space, args, searcher, writer, halt, progress, settings,
+                _run_name(exp, storage, resume))
+        recorded = len(set(store.recorded()) & {r.run_id for r in searcher.runs})
+        if writer.failure is not None:
+            print(f"sweep: error: {writer.failure}; stopped with {recorded}/{searcher.total} "
+                  f"runs recorded; once fixed, finish with: {_resume_hint(args, store, exp)}",
+                  file=sys.stderr, flush=True)
+            return 1
+        if recorded >= searcher.total:
+            try:
+                store.compact()
+                settings = {**settings, "finished_at": datetime.now(UTC).isoformat(),
+                            "wall_s": round(time.monotonic() - t0, 1)}
+                store.write_json(store.experiment_json, settings)
+            except OSError as exc:
+                print(f"sweep: error: every run is recorded, but finishing the tables failed: "
+                      f"{exc}; the rows are intact; rerun: {_resume_hint(args, store, exp)}",
+                      file=sys.stderr, flush=True)
+                return 1
             rows = store.read("trials").drop_duplicates("trial_id")
             counts = ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items())
             _say(f"done: {recorded} trials ({counts}) in {time.monotonic() - t0:.0f}s; load them "
                  f"with pd.read_parquet({store.base + '/trials'!r})")
             return 0
-        print(f"stopped with {recorded}/{settings['trials']} trials recorded; finish with: "
-              f"python -m pipeline.sweep --space {args.space} --results {args.results} "
-              f"--resume {exp}", file=sys.stderr, flush=True)
+        print(f"stopped with {recorded}/{searcher.total} trials recorded; finish with: "
+              f"{_resume_hint(args, store, exp)}", file=sys.stderr, flush=True)
         return 1
     finally:
         if log_file is not None:
@@ -281,6 +431,11 @@ def run(args: argparse.Namespace, space: SearchSpace) -> int:
             log_file.close()
         if started_ray:
             ray.shutdown()
+
+
+def _resume_hint(args: argparse.Namespace, store: Store, exp: str) -> str:
+    return (f"python -m pipeline.sweep --space {args.space} --results {store.root} "
+            f"--resume {exp}")
 
 
 def _say(line: str) -> None:
@@ -295,17 +450,18 @@ def _settings(args: argparse.Namespace, space: SearchSpace, exp: str, store: Sto
               journal: str, cpus: float, gpus: float) -> dict[str, Any]:
     """The experiment.json content: command, resolved settings, space, seed, versions."""
     points = space.points()
-    return {"experiment": exp, "space": space.name, "argv": sys.argv,
+    return {"experiment": exp, "space": space.name, "plan": PLAN_FORMAT, "argv": sys.argv,
             "command": " ".join(["python -m pipeline.sweep", *(sys.argv[1:] if args.argv is None
                                                                 else args.argv)]),
-            "created_at": datetime.now(UTC).isoformat(), "seed": args.seed,
-            "smoke": args.smoke, "sets": args.sets, "sampler": args.sampler,
-            "pruner": args.pruner, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-            "max_concurrent": args.max_concurrent, "max_failures": args.max_failures,
+            "created_at": datetime.now(UTC).isoformat(), "seed": _opt(args, "seed"),
+            "smoke": _opt(args, "smoke"), "sets": args.sets, "sampler": _opt(args, "sampler"),
+            "pruner": _opt(args, "pruner"), "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+            "max_concurrent": args.max_concurrent, "max_failures": _opt(args, "max_failures"),
             "results": store.root, "storage": storage, "journal": journal,
             "points": len(points), "trials": len(points) * space.samples_per_point,
             "studies": [f"{exp}/{point_key(p)}" for p in points],
-            "definition": space.describe(), **provenance()}
+            "definition": json.loads(json.dumps(space.describe(), default=str)),
+            **provenance()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,12 +476,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.space:
             raise BadInput("--space is required (see --list-spaces)")
-        if args.resume:  # the experiment's own definition is restored with it
+        if args.resume is not None:  # the experiment's own definition is restored with it
+            if args.dry_run:
+                raise BadInput("--dry-run plans a new experiment; it does not apply to --resume")
             try:
-                space = search_spaces.get(args.space)
+                search_spaces.get(args.space)
             except ValueError as exc:
                 raise BadInput(str(exc)) from None
-            return run(args, space)
+            return run(args, None)
         space = plan_space(args)
         if args.dry_run:
             print_plan(space, args)

@@ -24,11 +24,17 @@ Only pandas and pyarrow here: no torch, no ray.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import shutil
+import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -39,16 +45,17 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import TrialConfig, field_type
 
-__all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "ResultsError", "Store", "load", "provenance",
-           "record_rows"]
+__all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "ExperimentLock", "LockHeld", "ResultsError",
+           "Store", "load", "provenance", "record_rows", "writable_folder"]
 
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 _UTC = pa.timestamp("us", tz="UTC")
 
 TRIALS_SCHEMA = pa.schema(
     [("space", pa.string()), ("experiment", pa.string()), ("trial_id", pa.string()),
-     ("replica", pa.int64()), ("point", pa.string()), ("study", pa.string()),
-     ("optuna_trial", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+     ("replica", pa.int64()), ("point", pa.string()), ("sample", pa.int64()),
+     ("study", pa.string()), ("optuna_trial", pa.int64()), ("tune_trial_id", pa.string()),
+     ("status", pa.string()), ("error", pa.string()),
      ("diverged_phase", pa.string()), ("diverged_step", pa.int64()), ("objective", pa.float64())]
     + [(key, _ARROW[field_type(key)]) for key in TrialConfig.keys()]
     + [(k, pa.float64()) for k in ("vaa_init", "vaa_star_init", "vaa_warm", "vaa_star_warm",
@@ -57,12 +64,17 @@ TRIALS_SCHEMA = pa.schema(
        ("epochs_run", pa.int64()), ("warmup_steps_run", pa.int64()), ("n_params", pa.int64()),
        ("warmup_s", pa.float64()), ("train_s", pa.float64()),
        ("retries", pa.int64()), ("host", pa.string()), ("node_id", pa.string()),
-       ("threads", pa.int64()), ("gpu_name", pa.string()), ("native_kernels", pa.bool_()),
-       ("flush_denormal", pa.bool_()), ("git_sha", pa.string()),
+       ("threads", pa.int64()), ("cpu_model", pa.string()), ("gpu_name", pa.string()),
+       ("cuda_version", pa.string()), ("cudnn_version", pa.string()),
+       ("native_kernels", pa.bool_()), ("flush_denormal", pa.bool_()), ("git_sha", pa.string()),
        ("python_version", pa.string()), ("torch_version", pa.string()),
+       ("numpy_version", pa.string()), ("pyarrow_version", pa.string()),
        ("ray_version", pa.string()), ("optuna_version", pa.string()),
        ("started_at", _UTC), ("finished_at", _UTC)])
-"""One row per trial (per seed when ``replicas > 1``). ``objective`` is the value told to the
+"""One row per run (per seed when ``replicas > 1``). ``trial_id`` is the run's stable identity,
+``p<point>-s<sample>`` (the point's index in grid order, the sample's index at that point): a
+rerun after a crash replaces, never adds; ``tune_trial_id`` names the Tune trial that ran it last.
+``objective`` is the value told to the
 trial's Optuna study (the best validation loss of a completed trial; null otherwise); ``device``
 holds the device the trial actually ran on (the record's value, e.g. ``cpu``), not ``auto``;
 ``native_kernels`` whether the recurrent scans ran through the native CPU kernels
@@ -120,6 +132,21 @@ def _tables_of(fs: pafs.FileSystem, folder: str) -> list[str]:
                   and i.base_name.endswith(".parquet") and i.base_name[0] not in "._")
 
 
+def writable_folder(path: str, what: str = "folder") -> None:
+    """Raise ResultsError unless the local folder ``path`` exists or can be created, and is
+    writable. Nothing is created: the probe goes into the nearest existing folder."""
+    near = path
+    while not os.path.exists(near):
+        near = os.path.dirname(near)
+    if not os.path.isdir(near):
+        raise ResultsError(f"{what} {path} cannot be created: {near} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=near):
+            pass
+    except OSError as exc:
+        raise ResultsError(f"{what} {path} is not writable: {exc}") from None
+
+
 class Store:
     """One experiment's tables under a results root (a local path or a URI).
 
@@ -165,16 +192,7 @@ class Store:
             except OSError as exc:
                 raise ResultsError(f"cannot reach the results root {self.base}: {exc}") from None
             return
-        path = self.base
-        while not os.path.exists(path):
-            path = os.path.dirname(path)
-        if not os.path.isdir(path):
-            raise ResultsError(f"results folder {self.base} cannot be created: {path} is a file")
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise ResultsError(f"results folder {self.base} is not writable: {exc}") from None
+        writable_folder(self.base, "results folder")
 
     # ----------------------------------------------------------------------------- writing
     def _write_bytes_atomic(self, path: str, write: Any) -> None:
@@ -200,10 +218,20 @@ class Store:
 
     def write_trial(self, trial_id: str, rows: Sequence[Mapping[str, Any]],
                     curves: Sequence[Mapping[str, Any]]) -> None:
-        """Write one trial's rows to both tables (curves first, so a trial row implies its curves)."""
+        """Write one run's rows to both tables: curves first, so a trial row implies its curves;
+        when the trial row cannot be written its curves are removed again (best effort; a
+        resume removes any left)."""
         ident = {"space": self.space, "experiment": self.experiment, "trial_id": trial_id}
-        self.write_table("curves", f"trial-{trial_id}", [{**c, **ident} for c in curves])
-        self.write_table("trials", f"trial-{trial_id}", [{**r, **ident} for r in rows])
+        curve_path = self.write_table("curves", f"trial-{trial_id}",
+                                      [{**c, **ident} for c in curves])
+        try:
+            self.write_table("trials", f"trial-{trial_id}", [{**r, **ident} for r in rows])
+        except BaseException:
+            try:
+                self.fs.delete_file(curve_path)
+            except OSError:
+                pass
+            raise
 
     def write_json(self, path: str, obj: Mapping[str, Any]) -> None:
         data = json.dumps(obj, indent=2, default=str).encode()
@@ -233,52 +261,323 @@ class Store:
         return _dedupe(data.to_table().to_pandas(), table)
 
     def trial_ids(self) -> set[str]:
-        """Ids of the trials already written (and so never written or run again)."""
+        """Run ids (``trial_id``) of the runs already written (and so never run again)."""
         return set(self.read("trials")["trial_id"].astype(str))
 
+    def recorded(self) -> dict[str, dict[str, Any]]:
+        """Run id -> ``{"status", "objective", "optuna_trial"}`` of each run with a trials row."""
+        rows = self.read("trials")
+        rows = rows[rows["replica"].fillna(0) == 0]
+        return {str(r.trial_id): {"status": r.status,
+                                  "objective": None if pd.isna(r.objective) else
+                                  float(r.objective),
+                                  "optuna_trial": None if pd.isna(r.optuna_trial) else
+                                  int(r.optuna_trial)}
+                for r in rows.itertuples()}
+
+    def drop_orphan_curves(self) -> int:
+        """Delete curve files of runs without a trials row (a write cut between the two
+        tables). Returns how many."""
+        have = {f"trial-{t}.parquet" for t in self.trial_ids()}
+        gone = 0
+        for path in _tables_of(self.fs, self.folder("curves")):
+            name = path.rpartition("/")[2]
+            if name.startswith("trial-") and name not in have:
+                self.fs.delete_file(path)
+                gone += 1
+        return gone
+
+    def traces(self) -> list[str]:
+        """What already exists of this experiment (its table folders, its settings file), so a
+        new experiment never reuses an old one's name."""
+        paths = [self.folder(t) for t in TABLES] + [self.experiment_json]
+        return [p for p in paths if self.exists(p)]
+
     def check_readable(self) -> None:
-        """Raise ResultsError naming the first Parquet file of this space that cannot be read or
-        does not fit the declared schema (so a sweep never appends to a broken table)."""
+        """Raise ResultsError naming the first Parquet file of this space that cannot be read in
+        full or does not fit the declared schema (so a sweep never appends to a table that
+        ``pd.read_parquet`` cannot load): every file's data is decoded, not only its footer."""
         for table, schema in TABLES.items():
             try:
                 exps = self.fs.get_file_info(pafs.FileSelector(f"{self.base}/{table}",
                                                                allow_not_found=True))
             except OSError as exc:
                 raise ResultsError(f"cannot list {self.base}/{table}: {exc}") from None
-            for folder in sorted(i.path for i in exps if i.type == pafs.FileType.Directory):
+            for folder in sorted(i.path for i in exps if i.type == pafs.FileType.Directory
+                                 and i.base_name[0] not in "._"):
                 for path in _tables_of(self.fs, folder):
-                    try:
-                        found = pq.read_schema(path, filesystem=self.fs)
-                    except (OSError, pa.ArrowException) as exc:
-                        raise ResultsError(f"corrupt results file {path}: {exc}") from None
-                    extra = set(found.names) - set(schema.names)
-                    if extra:
-                        raise ResultsError(f"results file {path} has unknown column(s) "
-                                           f"{', '.join(sorted(extra))}")
+                    _check_file(self.fs, path, schema)
 
-    def compact(self) -> None:
-        """Merge this experiment's per-trial files of each table into ``compacted.parquet``.
-
-        The merged file replaces the old one atomically before the per-trial files are deleted; a
-        crash in between leaves rows twice, which :func:`load` and the next compaction drop.
-        """
+    def clean_stale(self) -> int:
+        """Delete this experiment's hidden leftovers: temporary files of interrupted writes and
+        the folders of an interrupted compaction. Call it only while holding the experiment's
+        lock (a live writer's temporaries are not stale). Returns how many were removed."""
+        removed = 0
         for table in TABLES:
-            files = _tables_of(self.fs, self.folder(table))
-            parts = [f for f in files if not f.endswith("/" + _COMPACTED)]
-            if not parts:
+            for path in self._hidden(self.folder(table), ".trial-", ".compacted"):
+                self.fs.delete_file(path)
+                removed += 1
+            for path in self._hidden(f"{self.base}/{table}", f".{self.experiment}.compact-",
+                                     kind=pafs.FileType.Directory):
+                self.fs.delete_dir(path)
+                removed += 1
+        exp_dir = f"{self.base}/experiments"
+        for path in self._hidden(exp_dir, f".{self.experiment}.json.tmp-"):
+            self.fs.delete_file(path)
+            removed += 1
+        return removed
+
+    def _hidden(self, folder: str, *prefixes: str, kind: Any = pafs.FileType.File) -> list[str]:
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            return []
+        return [i.path for i in infos if i.type == kind
+                and any(i.base_name.startswith(p) for p in prefixes)]
+
+    def compact(self) -> bool:
+        """Merge this experiment's per-run files of each table into ``compacted.parquet``.
+
+        The merged table is written into a hidden sibling folder, which then takes the
+        experiment folder's place in one atomic exchange (Linux ``renameat2(RENAME_EXCHANGE)``);
+        the old folder, hidden, is deleted after. A reader or a crash sees either every per-run
+        file or the one merged file, never both and never neither; :meth:`clean_stale` removes
+        the hidden leftovers of a crash. Where no atomic exchange exists (a URI, another OS, a
+        file system without it) the per-run files stay as they are. Returns True if compacted.
+        """
+        if not self.is_local or _exchange is None:
+            return False
+        for table in TABLES:
+            folder = self.folder(table)
+            files = _tables_of(self.fs, folder)
+            if not files or files == [f"{folder}/{_COMPACTED}"]:
                 continue
             rows = self.read(table)
             arrow = pa.Table.from_pandas(rows, schema=TABLES[table], preserve_index=False)
-            path = f"{self.folder(table)}/{_COMPACTED}"
-            self._write_bytes_atomic(path, lambda tmp, a=arrow: pq.write_table(
-                a, tmp, filesystem=self.fs))
-            for f in parts:
-                self.fs.delete_file(f)
+            staging = f"{self.base}/{table}/.{self.experiment}.compact-{uuid.uuid4().hex}"
+            os.makedirs(staging)
+            pq.write_table(arrow, f"{staging}/{_COMPACTED}")
+            _fsync_dir(staging)
+            try:
+                _exchange(staging, folder)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                return False
+            _fsync_dir(os.path.dirname(folder))
+            shutil.rmtree(staging)  # now the old per-run files
+        return True
+
+
+class LockHeld(Exception):
+    """Another live process writes this experiment."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ExperimentLock:
+    """One writer per experiment: a lock file holding the writer's host, pid, process start
+    time, start date and command.
+
+    Taken with an atomic hard link (the file appears complete or not at all). A lock left by a
+    process that is gone (same host, and the pid is dead or now belongs to a process started at
+    another time) is stale and taken over; a live holder, or one on another host (which cannot
+    be checked from here), makes :meth:`acquire` raise :class:`LockHeld` naming it.
+
+    Args:
+        path: the lock file (a local path).
+        command: what the holder runs (shown to whoever is refused).
+    """
+
+    def __init__(self, path: str, command: str = "") -> None:
+        self.path, self.command = path, command
+        self.held = False
+        self._made: list[str] = []
+
+    def _mine(self) -> dict[str, Any]:
+        pid = os.getpid()
+        return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid),
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": self.command}
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock's content, ``{}`` when unreadable, None when there is no lock."""
+        try:
+            with open(self.path) as f:
+                return dict(json.load(f))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    @staticmethod
+    def is_stale(info: Mapping[str, Any]) -> bool:
+        if not info:
+            return True  # unreadable: written by no version of this code, or cut by a crash
+        if info.get("host") != socket.gethostname():
+            return False
+        pid = int(info.get("pid", -1))
+        if pid <= 0 or not _alive(pid):
+            return True
+        start = _process_start(pid)
+        return start is not None and info.get("pid_start") not in (None, start)
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a note when a stale lock was taken over.
+
+        Raises:
+            LockHeld: naming the live holder.
+        """
+        folder = os.path.dirname(self.path)
+        missing = []
+        while folder and not os.path.exists(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._made = missing
+        mine = self._mine()
+        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(mine, f)
+            f.flush()
+            os.fsync(f.fileno())
+        note = None
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return note
+                except FileExistsError:
+                    pass
+                info = self.holder()
+                if info is None:
+                    continue  # released meanwhile
+                if not self.is_stale(info):
+                    self._remove_made()
+                    raise LockHeld(_describe_holder(self.path, info))
+                aside = f"{self.path}.stale-{uuid.uuid4().hex}"
+                try:
+                    os.rename(self.path, aside)
+                except FileNotFoundError:
+                    continue
+                with open(aside) as f:
+                    moved = f.read()
+                if info and moved and json.loads(moved) != info:  # not the one judged stale
+                    with contextlib.suppress(FileExistsError):
+                        os.link(aside, self.path)
+                    os.unlink(aside)
+                    continue
+                os.unlink(aside)
+                note = (f"took over the stale lock of pid {info.get('pid', '?')} on "
+                        f"{info.get('host', '?')} (started {info.get('started_at', '?')}): "
+                        f"that process is gone")
+            self._remove_made()
+            raise LockHeld(f"could not take the lock {self.path}: it keeps changing hands")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def release(self) -> None:
+        """Remove the lock (if this process holds it) and any folder made only for it that is
+        still empty."""
+        if self.held:
+            info = self.holder()
+            if info and info.get("pid") == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            self.held = False
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty
+        self._made = []
+
+
+def _describe_holder(path: str, info: Mapping[str, Any]) -> str:
+    where = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+    return (f"experiment is locked by {where} since {info.get('started_at', '?')} "
+            f"({info.get('command') or 'a sweep'}); if that process is gone for sure, remove "
+            f"{path}")
+
+
+def _check_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> None:
+    try:
+        found = pq.read_schema(path, filesystem=fs)
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultsError(f"corrupt results file {path}: {exc}") from None
+    extra = set(found.names) - set(schema.names)
+    if extra:
+        raise ResultsError(f"results file {path} has unknown column(s) "
+                           f"{', '.join(sorted(extra))}")
+    for f in found:
+        want = schema.field(f.name).type
+        same = f.type == want or pa.types.is_null(f.type) or (
+            pa.types.is_large_string(f.type) and pa.types.is_string(want))
+        if not same:
+            raise ResultsError(f"results file {path}: column {f.name!r} is {f.type}, "
+                               f"expected {want}")
+    try:
+        pq.read_table(path, filesystem=fs)  # decodes every page: corrupt data is caught here
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultsError(f"corrupt results file {path}: {exc}") from None
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _renameat2() -> Any:
+    """``exchange(a, b)``: swap two paths atomically (Linux renameat2 RENAME_EXCHANGE), or None
+    where the C library lacks it."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+
+    def exchange(a: str, b: str) -> None:
+        if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), a)
+    return exchange
+
+
+_exchange = _renameat2()
 
 
 def provenance() -> dict[str, Any]:
-    """Columns that say what produced a row: git SHA (``-dirty`` when uncommitted changes) and
-    the versions of Python, torch, Ray and Optuna (read from package metadata; nothing imported)."""
+    """Columns that say what produced a row: the git SHA (``-dirty`` when tracked files changed
+    or untracked files exist; ``$WARMUP_SWEEP_GIT_SHA`` where there is no ``.git``, as in a
+    cluster job or an image) and the versions of Python, torch, numpy, pyarrow, Ray and Optuna
+    (read from package metadata; nothing imported)."""
     import platform
     import subprocess
     from importlib import metadata
@@ -289,18 +588,18 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         sha += "-dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
-        sha = None
+        sha = os.environ.get("WARMUP_SWEEP_GIT_SHA") or None
     return {"git_sha": sha, "python_version": platform.python_version(),
-            "torch_version": version("torch"), "ray_version": version("ray"),
-            "optuna_version": version("optuna")}
+            **{f"{pkg}_version": version(pkg) for pkg in ("torch", "numpy", "pyarrow", "ray",
+                                                            "optuna")}}
 
 
 def _abspath(path: str) -> str:

@@ -8,6 +8,7 @@ value) and pass it down.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -209,8 +210,9 @@ class TrialConfig:
         if self.task.train_samples < 5:
             raise ValueError(f"task.train_samples must be >= 5 (80/20 split) but got "
                              f"{self.task.train_samples}")
-        if self.model.chrono_t_max <= 2:
-            raise ValueError(f"model.chrono_t_max must be > 2 but got {self.model.chrono_t_max!r}")
+        if not (self.model.chrono_t_max > 2 and math.isfinite(self.model.chrono_t_max)):
+            raise ValueError(f"model.chrono_t_max must be a finite number > 2 but got "
+                             f"{self.model.chrono_t_max!r}")
 
     # ----------------------------------------------------------------------------- derived
     @property
@@ -297,13 +299,16 @@ def coerce(key: str, value: Any) -> Any:
             if isinstance(value, float):
                 if not value.is_integer():
                     raise ValueError
-                return int(value)
+                return _bounded(key, int(value))
             if isinstance(value, str):
-                f = float(value.strip())
+                text = value.strip()
+                with contextlib.suppress(ValueError):
+                    return _bounded(key, int(text))  # exact, however long (a range error raises)
+                f = float(text)
                 if not f.is_integer():
                     raise ValueError
-                return int(f)
-            return int(value)
+                return _bounded(key, int(f))
+            return _bounded(key, int(value))
         if t is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -312,11 +317,32 @@ def coerce(key: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value.strip()
+    except _OutOfRange:
+        raise
     except (TypeError, ValueError, OverflowError):
         pass
     else:
         raise AssertionError(f"unhandled type {t} of {key}")
     raise ValueError(f"{key} needs a {t.__name__} value but got {value!r}")
+
+
+INT_MAX = 2**63 - 1
+"""Every integer key fits the int64 columns of the results tables."""
+SEED_MAX = 2**62
+"""Seeds stay below this, so that a seed plus its offsets (replicas, measurements) still fits the
+64-bit seeds of torch and numpy."""
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _bounded(key: str, value: int) -> int:
+    limit = SEED_MAX if key == "seed" else INT_MAX
+    if not -INT_MAX - 1 <= value <= limit:
+        shown = f"{value:.3g}" if abs(value) >= 10**15 else str(value)
+        raise _OutOfRange(f"{key}={shown} is out of range (at most {limit})")
+    return value
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ final report. A pruned trial is stopped inside ``tune.report`` and sends nothing
 rebuilt from the epoch results the driver saw: its config, its warm-up and training curves, its
 best validation loss and epoch, where it ran, and any record-level values the objective reported
 early (a report whose phase is neither ``warmup`` nor ``train``); values only known at the end (the
-test loss) stay null. A trial whose process died beyond the retries gets an ``error`` row.
-Trial ids already in Parquet are never written again (idempotent across ``--resume``).
+test loss) stay null. A trial whose process died beyond the retries gets an ``error`` row. A trial
+stopped without an outcome (an interrupt) gets none: its run is still open and ``--resume`` runs
+it again. Rows are named by the run's stable id (``p<point>-s<sample>``), so a rewrite replaces.
 """
 
 from __future__ import annotations
@@ -24,26 +25,31 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ray import tune
 
 from pipeline.analysis.results import Store, record_rows
+from pipeline.core.config import TrialConfig
 from pipeline.orchestration.trainable import CURVE_KEYS, META_PREFIX
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["Progress", "ResultsWriter", "outcome"]
+    from pipeline.orchestration.searcher import PointStudySearcher
 
-_PLACEMENT = ("host", "node_id", "gpu_name", "threads")
+__all__ = ["Halt", "Progress", "ResultsWriter", "outcome"]
+
+_PLACEMENT = ("host", "node_id", "gpu_name", "threads", "cpu_model", "cuda_version", "cudnn_version")
 logger = logging.getLogger("ray.tune.warmup_sweep")
 
 
-def outcome(trial: Trial, *, error: bool = False) -> str:
-    """The status of an ended trial: its record's status, else ``pruned`` (stopped by the
-    scheduler before its final report) or ``error`` (the process died beyond the retries)."""
+def outcome(trial: Trial, *, error: bool = False, pruned: bool = False) -> str | None:
+    """The status of an ended trial: its record's status, ``pruned`` (stopped by the pruner
+    before its final report), ``error`` (the process died beyond the retries), or None: stopped
+    without an outcome (an interrupt, or a halt after a failed write), so not recorded; the run
+    stays open in its study and the next ``--resume`` runs it again."""
     if error:
         return "error"
     result = trial.last_result or {}
     if result.get("phase") == "final":
         return str(result.get("status"))
-    return "pruned"
+    return "pruned" if pruned else None
 
 
 def _error_text(trial: Trial) -> str:
@@ -52,34 +58,51 @@ def _error_text(trial: Trial) -> str:
     return last[:500]
 
 
+class Halt(tune.Stopper):
+    """Stops the whole experiment once :attr:`reason` is set (a write of the record failed)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.reason is not None
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
+
+
 class ResultsWriter(tune.Callback):
-    """Writes one file per trial per table as each trial ends.
+    """Writes each ended run's rows (one file per run per table), then tells its Optuna trial.
+
+    The order is the record's guarantee: a told Optuna trial always has its row. When a write
+    fails (a full disk, permissions, an unreachable bucket) nothing is told, the searcher hands
+    out no more runs and :attr:`halt` stops the experiment; :attr:`failure` says why, and the
+    next ``--resume`` runs exactly the runs without a row.
 
     Args:
         results: the results root (a folder or a URI).
         space: the search-space name.
         experiment: the experiment name.
         provenance: columns added to every trials row (git SHA, package versions).
+        searcher: the experiment's searcher (told after each write).
+        halt: the experiment's stopper.
     """
 
     def __init__(self, results: str, space: str, experiment: str,
-                 provenance: Mapping[str, Any]) -> None:
+                 provenance: Mapping[str, Any], searcher: PointStudySearcher,
+                 halt: Halt) -> None:
         self.results, self.space, self.experiment = results, space, experiment
         self.provenance = dict(provenance)
+        self.searcher, self.halt = searcher, halt
         self.started: dict[str, datetime] = {}
         self.retries: dict[str, int] = {}
+        self.written: set[str] = set()
+        self.failure: str | None = None
         self._partial: dict[str, dict[str, Any]] = {}
-        self._written: set[str] | None = None
 
     @property
     def store(self) -> Store:
         return Store(self.results, self.space, self.experiment)
-
-    @property
-    def written(self) -> set[str]:
-        if self._written is None:
-            self._written = self.store.trial_ids()
-        return self._written
 
     # ----------------------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -105,60 +128,73 @@ class ResultsWriter(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                           ) -> None:
-        self._safe_write(trial, error=False)
+        self._record(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                        ) -> None:
-        self._safe_write(trial, error=True)
+        self._record(trial, error=True)
 
-    def _safe_write(self, trial: Trial, *, error: bool) -> None:
-        """Write the trial; a failure is logged, never raised: raising here would make Tune fail
-        and rerun a finished trial. The sweep then ends with fewer rows than trials and says so."""
+    def _record(self, trial: Trial, *, error: bool) -> None:
+        """Write the run's rows, then tell Optuna. A failure halts the experiment instead of
+        raising (Tune would count it against the trial and run it again)."""
+        tid = trial.trial_id
+        if tid in self.written or self.failure is not None \
+                or self.searcher.run_of(tid) is None:
+            return
+        status = outcome(trial, error=error, pruned=self.searcher.is_pruned(tid))
+        if status is None:
+            return
         try:
-            self._write(trial, error=error)
-        except Exception:  # noqa: BLE001 - disk full, permissions, an unreachable bucket
-            logger.exception("could not write trial %s to Parquet", trial.trial_id)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"started": self.started, "retries": self.retries}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.started, self.retries = state["started"], state["retries"]
+            objective = self._write(trial, status, error=error)
+            self.written.add(tid)
+            self.searcher.finish(tid, status, objective)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions, an unreachable bucket
+            logger.exception("could not record trial %s", tid)
+            run = self.searcher.run_of(tid)
+            self.failure = (f"could not record run {run.run_id if run else tid}: "
+                            f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self.searcher.halted = True
+            self.halt.reason = self.failure
 
     # ----------------------------------------------------------------------------- rows
-    def _write(self, trial: Trial, *, error: bool) -> None:
+    def _write(self, trial: Trial, status: str, *, error: bool) -> float | None:
         tid = trial.trial_id
+        run = self.searcher.run_of(tid)
         partial = self._partial.pop(tid, None) or {"warmup": [], "train": {}}
         result = trial.last_result or {}
-        if tid in self.written or result.get("already_recorded"):
-            return
-        status = outcome(trial, error=error)
         if result.get("phase") == "final" and result.get("record_json"):
             record = json.loads(result["record_json"])
         else:
             record = self._rebuild(trial.config, partial, status)
             if error:
                 record["error"] = _error_text(trial)
+        objective = result.get("objective") if status == "completed" else None
         meta = {"point": trial.config.get(f"{META_PREFIX}point"),
                 "study": trial.config.get(f"{META_PREFIX}study"),
                 "optuna_trial": trial.config.get(f"{META_PREFIX}optuna_trial"),
-                "objective": result.get("objective") if status != "pruned" else None,
+                "sample": trial.config.get(f"{META_PREFIX}sample"),
+                "tune_trial_id": tid, "objective": objective,
                 "retries": max(trial.num_failures, self.retries.get(tid, 0)),
                 "started_at": self.started.get(tid), "finished_at": datetime.now(UTC),
                 **self.provenance}
         rows, curves = record_rows(record, **meta)
-        self.store.write_trial(tid, rows, curves)
-        self.written.add(tid)
+        self.store.write_trial(run.run_id, rows, curves)
+        return objective
 
     @staticmethod
     def _rebuild(config: Mapping[str, Any], partial: Mapping[str, Any], status: str
                  ) -> dict[str, Any]:
-        """A record from the epoch results seen by the driver (pruned or failed trials)."""
+        """A record from the epoch results seen by the driver (pruned or failed trials), with
+        the trial's whole config (every key, defaults included, as a completed record has)."""
         train = [partial["train"][s] for s in sorted(partial["train"])]
         finite = [r for r in train if r.get("valid_loss") is not None
                   and math.isfinite(r["valid_loss"])]
         best = min(finite, key=lambda r: r["valid_loss"]) if finite else None
-        record = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
+        flat = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
+        try:
+            record = TrialConfig.from_dict(flat).to_dict()
+        except ValueError:  # a config the objective refused: keep what was given
+            record = dict(flat)
         record.update(partial.get("summary", {}))
         record.update(status=status, epochs_run=train[-1]["step"] if train else 0,
                       warmup_steps_run=len(partial["warmup"]),
@@ -177,13 +213,16 @@ class Progress(tune.Callback):
         nuisance: nuisance keys shown on each line.
         metric: the metric's name; the line shows ``best_<metric>``.
         done: trials already recorded before this run (a resumed experiment).
+        writer: the Parquet writer; only the trials it recorded get a line.
         every_s: seconds between summaries.
         out: where to print (stdout).
     """
 
     def __init__(self, total: int, nuisance: Sequence[str], metric: str, *, done: int = 0,
-                 every_s: float = 60.0, out: TextIO | None = None) -> None:
+                 every_s: float = 60.0, out: TextIO | None = None,
+                 writer: ResultsWriter | None = None) -> None:
         self.total, self.nuisance, self.metric = total, list(nuisance), metric
+        self.writer = writer
         self.done, self.every_s, self.out = done, every_s, out
         self.counts: dict[str, int] = {}
         self._t0 = self._last = time.monotonic()
@@ -213,9 +252,12 @@ class Progress(tune.Callback):
 
     def _line(self, trial: Trial, *, error: bool) -> None:
         result = trial.last_result or {}
-        if result.get("already_recorded"):
+        if self.writer is not None and trial.trial_id not in self.writer.written:
+            return  # not recorded (interrupted, or a failed write): no line, not counted
+        status = outcome(trial, error=error, pruned=self.writer is not None
+                         and self.writer.searcher.is_pruned(trial.trial_id))
+        if status is None:
             return
-        status = outcome(trial, error=error)
         self.done += 1
         self.counts[status] = self.counts.get(status, 0) + 1
         if status == "completed":

@@ -20,28 +20,30 @@ Samplers are seeded per point from the sweep seed, so the same seed gives the sa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import math
 import os
-import pickle
+import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from pipeline.orchestration.trainable import META_PREFIX
 from search_spaces.space import Choice, LogUniform, SearchSpace, Uniform, point_key
 
-__all__ = ["PRUNERS", "SAMPLERS", "PointStudySearcher", "check_journal", "make_pruner",
-           "make_sampler", "study_states"]
+__all__ = ["PRUNERS", "SAMPLERS", "PointStudySearcher", "Reconciliation", "Run", "check_journal",
+           "journal_lock", "make_pruner", "make_sampler", "parse_run_id", "repair_journal", "study_states"]
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -97,8 +99,52 @@ def _point_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One planned run of the experiment: sample ``sample`` of scientific point ``point`` (its index
+    in grid order). ``run_id`` is its stable identity, the ``trial_id`` of its Parquet rows."""
+
+    point: int
+    sample: int
+
+    @property
+    def run_id(self) -> str:
+        return f"p{self.point}-s{self.sample}"
+
+
+_RUN_ID = re.compile(r"p(\d+)-s(\d+)")
+
+
+def parse_run_id(run_id: str) -> Run | None:
+    """The run behind ``run_id`` (``p<point>-s<sample>``), or None for another kind of id."""
+    m = _RUN_ID.fullmatch(str(run_id))
+    return Run(int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclasses.dataclass
+class Reconciliation:
+    """What :meth:`PointStudySearcher.plan` found in the durable record."""
+
+    planned: int = 0
+    recorded: int = 0          # runs with a trials row (never run again)
+    told: int = 0              # rows whose Optuna trial was still RUNNING: told now, from the row
+    resumed: int = 0           # RUNNING Optuna trials without a row: run again under that trial
+    closed: list[int] = dataclasses.field(default_factory=list)  # orphans marked FAIL, by number
+    stale: int = 0             # finished Optuna trials without a row (written by an older version)
+
+    @property
+    def missing(self) -> int:
+        return self.planned - self.recorded
+
+
 class PointStudySearcher(Searcher):
     """One Optuna study per scientific point; round-robin over points; ask/tell.
+
+    The plan is the set of runs (point, sample); :meth:`plan` reconciles it with the durable
+    record (the Parquet rows and the studies) and queues exactly the runs without a row, so a
+    resumed experiment needs none of Tune's saved state. The Optuna trial of a run is told only
+    after its row is written (:meth:`finish`, called by the Parquet writer), so a row may lack
+    its tell after a crash (told from the row on resume), but never the reverse.
 
     Args:
         space: the search space (after ``--smoke``/``--set``).
@@ -122,15 +168,14 @@ class PointStudySearcher(Searcher):
         self.points = space.points()
         self.keys = [point_key(p) for p in self.points]
         self.distributions = {k: _distribution(d) for k, d in space.nuisance.items()}
-        # Dynamic state (saved and restored with the experiment):
-        self.issued = [0] * len(self.points)       # trials asked per point
-        self.cursor = 0                            # round-robin position
-        self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (point, Optuna number)
-        self.reported: dict[str, list[int]] = {}   # Tune trial id -> epochs reported to Optuna
+        n = space.samples_per_point
+        # Round-robin: every point's sample 0, then every point's sample 1, ...
+        self.runs = [Run(i, s) for s in range(n) for i in range(len(self.points))]
+        self.queue: list[tuple[Run, int | None]] = [(r, None) for r in self.runs]
+        self.trials: dict[str, tuple[Run, int]] = {}  # Tune trial id -> (run, Optuna number)
+        self.reported: dict[str, set[int]] = {}        # Tune trial id -> steps Optuna holds
         self.pruned: set[str] = set()
-        self.told: set[str] = set()                # Tune trial ids whose Optuna trial is finished
-        self.samplers = {i: make_sampler(sampler, _point_seed(seed, k))
-                         for i, k in enumerate(self.keys)}
+        self.halted = False                            # a write failed: hand out nothing more
         self._studies: dict[int, optuna.Study] = {}
         self._storage: JournalStorage | None = None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,15 +183,20 @@ class PointStudySearcher(Searcher):
     # ----------------------------------------------------------------------------- Optuna side
     @property
     def total(self) -> int:
-        """Trials in the whole sweep (points x samples per point)."""
-        return len(self.points) * self.space.samples_per_point
+        """Runs in the whole experiment (points x samples per point)."""
+        return len(self.runs)
+
+    @property
+    def remaining(self) -> int:
+        """Runs still to hand out in this session."""
+        return len(self.queue)
 
     def study_name(self, i: int) -> str:
         return f"{self.experiment}/{self.keys[i]}"
 
     def storage(self) -> JournalStorage:
         if self._storage is None:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # also after unpickling
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
             self._storage = JournalStorage(JournalFileBackend(self.journal))
         return self._storage
 
@@ -154,7 +204,8 @@ class PointStudySearcher(Searcher):
         """The study of point ``i`` (created on first use, loaded if it exists)."""
         if i not in self._studies:
             study = optuna.create_study(
-                study_name=self.study_name(i), storage=self.storage(), sampler=self.samplers[i],
+                study_name=self.study_name(i), storage=self.storage(),
+                sampler=make_sampler(self.sampler_name, _point_seed(self.seed, self.keys[i])),
                 pruner=make_pruner(self.pruner_name, self.epochs), load_if_exists=True,
                 direction="minimize" if self.space.mode == "min" else "maximize")
             if "point" not in study.user_attrs:
@@ -164,111 +215,163 @@ class PointStudySearcher(Searcher):
             self._studies[i] = study
         return self._studies[i]
 
-    def _storage_id(self, trial_id: str) -> int:
-        """The storage's id of the Optuna trial behind a Tune trial (public storage API)."""
-        i, number = self.trials[trial_id]
+    def _existing_studies(self) -> set[str]:
+        return set(optuna.get_all_study_names(self.storage()))
+
+    def _storage_id(self, run: Run, number: int) -> int:
+        """The storage's id of Optuna trial ``number`` of the run's study (public storage API)."""
         storage = self.storage()
-        sid = storage.get_study_id_from_name(self.study_name(i))
+        sid = storage.get_study_id_from_name(self.study_name(run.point))
         return storage.get_trial_id_from_study_id_trial_number(sid, number)
 
-    def _optuna_trial(self, trial_id: str) -> optuna.Trial:
-        # The Trial constructor is public, if not advertised; it is how ask/tell resumes a trial.
-        return optuna.Trial(self.study(self.trials[trial_id][0]), self._storage_id(trial_id))
+    # ----------------------------------------------------------------------------- the plan
+    def plan(self, recorded: Mapping[str, Mapping[str, Any]]) -> Reconciliation:
+        """Reconcile the studies with the recorded rows and queue exactly the missing runs.
+
+        Args:
+            recorded: run id -> ``{"status", "objective", "optuna_trial"}`` of every run with a
+                ``trials`` row (see :meth:`pipeline.analysis.results.Store.recorded`).
+
+        A row whose Optuna trial is still RUNNING (the driver died between the row and the tell)
+        is told now from the row. A RUNNING Optuna trial without a row (the run was in flight) is
+        queued to run again under the same Optuna trial, with the same parameters. Any other
+        RUNNING trial (asked, then the driver died before Tune started it twice) is told FAIL
+        with ``user_attrs["closed"] = "orphan"``.
+        """
+        rec = Reconciliation(planned=len(self.runs))
+        existing = self._existing_studies()
+        resume: dict[Run, int] = {}
+        for i in range(len(self.points)):
+            if self.study_name(i) not in existing:
+                continue
+            study = self.study(i)
+            for t in study.get_trials(deepcopy=False):
+                sample = t.user_attrs.get("sample")
+                run = Run(i, int(sample)) if isinstance(sample, int) else None
+                row = recorded.get(run.run_id) if run else None
+                if row is not None and row.get("optuna_trial") == t.number:
+                    if t.state == TrialState.RUNNING:
+                        self._tell(run, t.number, str(row.get("status")), row.get("objective"))
+                        rec.told += 1
+                elif t.state == TrialState.RUNNING:
+                    if run is not None and row is None and run not in resume \
+                            and run.sample < self.space.samples_per_point:
+                        resume[run] = t.number
+                    else:
+                        self.storage().set_trial_user_attr(t._trial_id, "closed", "orphan")
+                        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                        rec.closed.append(t.number)
+                elif row is None and run is not None:
+                    rec.stale += 1
+        self.queue = []
+        for run in self.runs:
+            if run.run_id in recorded:
+                rec.recorded += 1
+            else:
+                self.queue.append((run, resume.get(run)))
+        rec.resumed = sum(1 for _, n in self.queue if n is not None)
+        return rec
 
     # ----------------------------------------------------------------------------- Tune side
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        n = len(self.points)
-        for k in range(n):
-            i = (self.cursor + k) % n
-            if self.issued[i] < self.space.samples_per_point:
-                break
-        else:
+        if self.halted or not self.queue:
             return Searcher.FINISHED
-        self.cursor = (i + 1) % n
-        trial = self.study(i).ask(self.distributions)
-        trial.set_user_attr("tune_trial_id", trial_id)
-        self.issued[i] += 1
-        self.trials[trial_id] = (i, trial.number)
-        config = self.space.trial_config(self.points[i], trial.params, seed=self.seed)
-        config.update({f"{META_PREFIX}point": self.keys[i],
-                       f"{META_PREFIX}study": self.study_name(i),
-                       f"{META_PREFIX}optuna_trial": trial.number})
+        run, number = self.queue.pop(0)
+        study = self.study(run.point)
+        if number is None:
+            # A sampler seeded by the run itself: the suggestion depends on the study's history
+            # and the run, not on how many suggestions this process made before (a resume asks
+            # what an uninterrupted sweep would have asked).
+            study.sampler = make_sampler(self.sampler_name, self._sampler_seed(run))
+            trial = study.ask(self.distributions)
+            trial.set_user_attr("sample", run.sample)
+            trial.set_user_attr("run_id", run.run_id)
+            number, params = trial.number, trial.params
+            self.reported[trial_id] = set()
+        else:
+            frozen = self.storage().get_trial(self._storage_id(run, number))
+            params = frozen.params
+            self.reported[trial_id] = set(frozen.intermediate_values)
+        self.storage().set_trial_user_attr(self._storage_id(run, number), "tune_trial_id",
+                                           trial_id)
+        self.trials[trial_id] = (run, number)
+        config = self.space.trial_config(self.points[run.point], params, seed=self.seed)
+        config.update({f"{META_PREFIX}point": self.keys[run.point],
+                       f"{META_PREFIX}study": self.study_name(run.point),
+                       f"{META_PREFIX}optuna_trial": number,
+                       f"{META_PREFIX}run": run.run_id,
+                       f"{META_PREFIX}sample": run.sample})
         return config
+
+    def _sampler_seed(self, run: Run) -> int:
+        if self.sampler_name == "qmc":  # one scrambled sequence per study: the point's seed
+            return _point_seed(self.seed, self.keys[run.point])
+        return _point_seed(self.seed, f"{self.keys[run.point]}/{run.sample}")
 
     def report(self, trial_id: str, step: int, value: float) -> bool:
         """Report epoch ``step``'s metric to the trial's study; True when it should be pruned.
 
-        A step reported before (a retried or resumed trial repeats its epochs) is not reported
-        again, and only the pruner's earlier answer counts.
+        A step Optuna already holds (a retried or resumed trial repeats its epochs) is not
+        reported again; the pruner is asked only from the trial's latest step on, so a rerun
+        prunes where the first run would have.
         """
-        if trial_id not in self.trials or trial_id in self.told or not math.isfinite(value):
+        if trial_id not in self.trials or self.halted or not math.isfinite(value):
             return False
-        seen = self.reported.setdefault(trial_id, [])
-        if step in seen:
-            return trial_id in self.pruned
-        trial = self._optuna_trial(trial_id)
-        trial.report(value, step)
-        seen.append(step)
-        if trial.should_prune():
+        if trial_id in self.pruned:
+            return True
+        run, number = self.trials[trial_id]
+        seen = self.reported.setdefault(trial_id, set())
+        trial = optuna.Trial(self.study(run.point), self._storage_id(run, number))
+        if step not in seen:
+            trial.report(value, step)
+            seen.add(step)
+        if step >= max(seen) and trial.should_prune():
             self.pruned.add(trial_id)
         return trial_id in self.pruned
 
+    def is_pruned(self, trial_id: str) -> bool:
+        return trial_id in self.pruned
+
+    def run_of(self, trial_id: str) -> Run | None:
+        entry = self.trials.get(trial_id)
+        return entry[0] if entry else None
+
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None,
                           error: bool = False) -> None:
-        if trial_id not in self.trials:
-            return
-        if result is None and not error:
-            return  # removed before it ran (an interrupted experiment): it will be resumed
-        i, number = self.trials[trial_id]
-        status = "error" if error else (result or {}).get("status")
-        value = (result or {}).get("objective")
-        if trial_id in self.pruned or status == "pruned":
-            state, values = TrialState.PRUNED, None
-        elif status == "completed" and value is not None and math.isfinite(value):
-            state, values = TrialState.COMPLETE, float(value)
-        else:  # error, or diverged: no usable network, so never a study's best trial
-            state, values = TrialState.FAIL, None
-        sid = self._storage_id(trial_id)
-        if not self.storage().get_trial(sid).state.is_finished():  # else: told before a restart
-            self.storage().set_trial_user_attr(sid, "status", status or "unknown")
-            self.study(i).tell(number, values, state=state)
-        self.told.add(trial_id)
+        """Tune's hook, called *before* the callbacks: nothing is told here (see :meth:`finish`).
+        A trial removed before it ran, or stopped without a record, stays RUNNING in its study
+        and is run again by the next ``--resume``."""
+
+    def finish(self, trial_id: str, status: str, objective: float | None) -> None:
+        """Tell the run's Optuna trial its outcome; called once its row is written."""
+        run, number = self.trials[trial_id]
+        self._tell(run, number, status, objective)
         self.reported.pop(trial_id, None)
 
-    def close_orphans(self) -> int:
-        """Mark FAIL the RUNNING Optuna trials of this experiment that no Tune trial owns (asked just
-        before the driver was killed, after the last saved state). Returns how many."""
-        owned = {(i, n) for i, n in self.trials.values()}
-        existing = set(optuna.get_all_study_names(self.storage()))
-        closed = 0
-        for i in range(len(self.points)):
-            if self.study_name(i) not in existing:
-                continue
-            for t in self.study(i).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if (i, t.number) not in owned:
-                    self.study(i).tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                    closed += 1
-        return closed
+    def _tell(self, run: Run, number: int, status: str, objective: Any) -> None:
+        if status == "pruned":
+            state, values = TrialState.PRUNED, None
+        elif status == "completed" and objective is not None and math.isfinite(objective):
+            state, values = TrialState.COMPLETE, float(objective)
+        else:  # error, or diverged: no usable network, so never a study's best trial
+            state, values = TrialState.FAIL, None
+        sid = self._storage_id(run, number)
+        if self.storage().get_trial(sid).state.is_finished():
+            return
+        self.storage().set_trial_user_attr(sid, "status", status)
+        self.study(run.point).tell(number, values, state=state)
 
     # ----------------------------------------------------------------------------- persistence
-    _STATE = ("issued", "cursor", "trials", "reported", "pruned", "told", "samplers")
-
-    def get_state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._STATE}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        for k in self._STATE:
-            setattr(self, k, state[k])
-        self._studies.clear()  # their samplers were replaced
-
+    # Nothing of the searcher is ever restored: a resume plans from the durable record. Tune's
+    # periodic save gets a JSON summary (data, never a pickle) for whoever reads its folder.
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        with open(checkpoint_path, "w") as f:
+            json.dump({"experiment": self.experiment, "total": self.total,
+                       "queued": [r.run_id for r, _ in self.queue],
+                       "running": {t: r.run_id for t, (r, _) in self.trials.items()}}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
-        self.close_orphans()
+        raise NotImplementedError("a resume plans from the Parquet rows and the studies")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -276,11 +379,27 @@ class PointStudySearcher(Searcher):
         return state
 
 
+@contextlib.contextmanager
+def journal_lock(path: str) -> Iterator[None]:
+    """Hold Optuna's own lock of the journal file (the one its writers take for each append), so
+    no other process is mid-append while the journal is checked or repaired."""
+    if not os.path.exists(path):  # nothing to guard; create nothing
+        yield
+        return
+    lock = JournalFileSymlinkLock(path)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def check_journal(path: str) -> None:
     """Raise ValueError when the journal file exists but is not a clean journal.
 
     Optuna skips a malformed *last* line (it may be mid-write by another process), but once a new
     line is appended after it the whole journal becomes unreadable; so every line is checked here.
+    A last line cut by a kill is the one defect :func:`repair_journal` mends.
     """
     if not os.path.exists(path):
         return
@@ -293,6 +412,35 @@ def check_journal(path: str) -> None:
         JournalStorage(JournalFileBackend(path)).get_all_studies()
     except (OSError, ValueError) as exc:
         raise ValueError(f"corrupt results file {path}: {exc}") from None
+
+
+def repair_journal(path: str) -> int:
+    """Cut an incomplete last line (a write interrupted by a kill or a full disk) off the journal.
+
+    Such a line was never acknowledged to the sweep, so dropping it loses nothing the record
+    relies on: the reconciliation of a resume re-tells what it held. Only the last line, and only
+    when it lacks its newline; anything else stays for :func:`check_journal` to refuse. Returns
+    the bytes removed.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        back = min(size, 1 << 20)
+        f.seek(size - back)
+        tail = f.read(back)
+        if tail.rfind(b"\n") < 0 and back < size:
+            raise ValueError(f"corrupt results file {path}: its last line is over 1 MiB long")
+        cut = tail.rfind(b"\n") + 1  # 0 when the whole (short) file is the cut line
+        keep = size - back + cut
+        f.truncate(keep)
+        os.fsync(f.fileno())
+    return size - keep
 
 
 def study_states(journal: str, names: Sequence[str]) -> dict[str, int]:

@@ -4,6 +4,7 @@ its logs to a file. Imported only by :mod:`pipeline.sweep`."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -59,6 +60,9 @@ def check_resources(cpus: float, gpus: float) -> tuple[float, float]:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     max_cpu = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
     max_gpu = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
+    if not (math.isfinite(cpus) and math.isfinite(gpus)):
+        raise BadInput(f"--cpus-per-trial and --gpus-per-trial must be finite numbers but got "
+                       f"{cpus:g} and {gpus:g}")
     if cpus <= 0 or cpus > max_cpu:
         raise BadInput(f"--cpus-per-trial {cpus:g} must be > 0 and at most the largest node's "
                        f"{max_cpu:g} CPUs")

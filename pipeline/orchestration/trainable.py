@@ -51,14 +51,32 @@ def _cpu_share() -> int:
     return max(1, int(cpus))
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or None
+
+
 def _placement() -> dict[str, Any]:
-    """Where this trial runs: host, Ray node id, torch threads, GPU name (when one is assigned)."""
+    """Where this trial runs: host, Ray node id, torch threads, CPU model, and with a GPU its
+    name and the CUDA and cuDNN versions torch was built with."""
     info: dict[str, Any] = {"host": socket.gethostname(), "gpu_name": None,
                             "node_id": ray.get_runtime_context().get_node_id(),
-                            "threads": _cpu_share()}
+                            "threads": _cpu_share(), "cpu_model": _cpu_model(),
+                            "cuda_version": None, "cudnn_version": None}
     torch = sys.modules.get("torch")
     if torch is not None and ray.get_gpu_ids() and torch.cuda.is_available():
         info["gpu_name"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+        cudnn = torch.backends.cudnn.version()
+        info["cudnn_version"] = None if cudnn is None else str(cudnn)
     return info
 
 
@@ -103,21 +121,14 @@ def objective_value(record: Mapping[str, Any], metric: str) -> float | None:
     return float(value)
 
 
-def trainable(config: dict[str, Any], *, objective: str, metric: str,
-              done: Mapping[str, Mapping[str, Any]]) -> None:
+def trainable(config: dict[str, Any], *, objective: str, metric: str) -> None:
     """Run one trial under Tune.
 
     Args:
         config: flat config keys plus the searcher's ``sweep.*`` bookkeeping keys.
         objective: ``module:function`` with ``run_trial``'s signature.
         metric: the per-epoch metric the pruner uses (``valid_loss``).
-        done: trial id -> final summary of trials already written to Parquet before the driver
-            was restarted; such a trial reports that summary and ends without running again.
     """
-    trial_id = tune.get_context().get_trial_id()
-    if trial_id in done:
-        tune.report({"phase": "final", "already_recorded": True, **done[trial_id]})
-        return
     flat = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
     fn = resolve(objective)
     if "torch" in sys.modules:  # threads = this trial's CPU share (Ray also sets OMP_NUM_THREADS)
@@ -135,8 +146,7 @@ def trainable(config: dict[str, Any], *, objective: str, metric: str,
                  "record_json": json.dumps(record, default=str)})
 
 
-def make_trainable(*, objective: str, metric: str, done: Mapping[str, Mapping[str, Any]],
-                   cpus: float, gpus: float) -> Any:
-    """The trainable with its parameters and resources bound (for ``Tuner``/``Tuner.restore``)."""
-    bound = tune.with_parameters(trainable, objective=objective, metric=metric, done=dict(done))
+def make_trainable(*, objective: str, metric: str, cpus: float, gpus: float) -> Any:
+    """The trainable with its parameters and resources bound."""
+    bound = tune.with_parameters(trainable, objective=objective, metric=metric)
     return tune.with_resources(bound, {"cpu": cpus, "gpu": gpus})

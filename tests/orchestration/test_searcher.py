@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,8 @@ def _play(searcher: PointStudySearcher, n: int, *, prefix: str = "t") -> list[di
         result = {"phase": "final", "status": status, "objective": record["best_valid_loss"]}
         searcher.on_trial_complete(tid, result if status == "completed" else
                                    {"phase": "train", "step": epochs})
+        # the writer tells Optuna once the row is written:
+        searcher.finish(tid, status, record["best_valid_loss"] if status == "completed" else None)
         played.append({**config, "status": status, "epochs": epochs})
     return played
 
@@ -126,30 +127,75 @@ def test_failed_and_diverged_trials_are_told_fail(tmp_path: Path) -> None:
     searcher = _searcher(tmp_path)
     for k in range(3):
         searcher.suggest(f"t{k}")
-    searcher.on_trial_complete("t0", error=True)
-    searcher.on_trial_complete("t1", {"phase": "final", "status": "diverged", "objective": None})
-    searcher.on_trial_complete("t2", {"phase": "final", "status": "diverged", "objective": 2.0})
+    searcher.on_trial_complete("t0", error=True)  # Tune's hook tells nothing...
+    assert searcher.study(0).get_trials()[0].state == TrialState.RUNNING
+    searcher.finish("t0", "error", None)            # ...the writer does, after the row
+    searcher.finish("t1", "diverged", None)
+    searcher.finish("t2", "diverged", 2.0)
     trials = [t for i in range(3) for t in searcher.study(i).get_trials()]
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
     assert [t.user_attrs["status"] for t in trials] == ["error", "diverged", "diverged"]
     assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2"]
+    assert [t.user_attrs["run_id"] for t in trials] == ["p0-s0", "p1-s0", "p2-s0"]
 
 
-def test_state_round_trip_and_orphans_closed(tmp_path: Path) -> None:
-    searcher = _searcher(tmp_path)
-    searcher.suggest("t0")
-    searcher.save(str(tmp_path / "state.pkl"))
-    searcher.suggest("t1")  # asked after the last save: nobody owns it after a restore
-    restored = _searcher(tmp_path)
-    restored.restore(str(tmp_path / "state.pkl"))
-    assert restored.trials == {"t0": (0, 0)} and restored.issued[:2] == [1, 0]
-    orphan = restored.study(1).get_trials()
-    assert [t.state for t in orphan] == [TrialState.FAIL]
-    assert restored.study(0).get_trials()[0].state == TrialState.RUNNING
-    # the same epoch reported twice (a retried trial) is reported once
-    assert restored.report("t0", 1, 3.0) is False and restored.report("t0", 1, 3.0) is False
-    assert restored.study(0).get_trials()[0].intermediate_values == {1: 3.0}
-    assert not math.isnan(restored.study(0).get_trials()[0].intermediate_values[1])
+def _row(status: str, number: int, objective: float | None = None) -> dict[str, Any]:
+    return {"status": status, "objective": objective, "optuna_trial": number}
+
+
+def test_plan_reconciles_rows_and_studies_and_queues_exactly_the_missing_runs(
+        tmp_path: Path) -> None:
+    first = _searcher(tmp_path)  # 6 points x 2 samples
+    for k in range(9):
+        first.suggest(f"t{k}")  # p0..p5 s0, p0..p2 s1
+    first.finish("t0", "completed", 1.5)   # p0-s0: row and tell
+    first.finish("t1", "pruned", None)     # p1-s0: row and tell
+    # p2-s0: its row was written, then the driver died before the tell
+    # p3-s0 .. p2-s1: in flight (RUNNING, no row); t8 = p2-s1 was asked, never started
+    first.study(4).ask()  # a trial asked just before the kill, before its run was attached
+    recorded = {"p0-s0": _row("completed", 0, 1.5), "p1-s0": _row("pruned", 0),
+                "p2-s0": _row("completed", 0, 2.5)}
+
+    again = _searcher(tmp_path)
+    rec = again.plan(recorded)
+    assert (rec.planned, rec.recorded, rec.missing, rec.told, rec.resumed) == (12, 3, 9, 1, 6)
+    assert rec.closed == [1] and rec.stale == 0
+    assert again.study(2).get_trials()[0].state == TrialState.COMPLETE
+    assert again.study(2).get_trials()[0].value == 2.5
+    orphan = again.study(4).get_trials()[1]
+    assert orphan.state == TrialState.FAIL and orphan.user_attrs["closed"] == "orphan"
+    queued = [r.run_id for r, _ in again.queue]
+    assert queued == ["p3-s0", "p4-s0", "p5-s0", "p0-s1", "p1-s1", "p2-s1", "p3-s1", "p4-s1",
+                      "p5-s1"]
+    # an interrupted run reruns under its own Optuna trial, with the same parameters
+    old = first.study(3).get_trials()[0]
+    config = again.suggest("u0")
+    assert config["sweep.run"] == "p3-s0" and config["sweep.optuna_trial"] == old.number
+    assert config["train.lr"] == old.params["train.lr"]
+    assert len(again.study(3).get_trials()) == 1
+    # a new run asks a new trial; the studies end one-to-one with the runs
+    for k in range(1, 9):
+        again.suggest(f"u{k}")
+    assert again.suggest("u9") == again.FINISHED
+    assert [len(again.study(i).get_trials()) for i in range(6)] == [2, 2, 2, 2, 3, 2]
+
+
+def test_a_resumed_run_prunes_where_the_first_attempt_would_have(tmp_path: Path) -> None:
+    first = _searcher(tmp_path, space=support.PRUNABLE, epochs=6)
+    _play(first, 4)  # enough completed trials for the median pruner
+    config = first.suggest("t-kill")
+    number = config["sweep.optuna_trial"]
+    first.report("t-kill", 1, 50.0)
+    first.report("t-kill", 2, 50.0)  # then the driver is killed
+    again = _searcher(tmp_path, space=support.PRUNABLE, epochs=6)
+    rows = {t.user_attrs["run_id"]: _row(t.user_attrs["status"], t.number, t.value)
+            for t in first.study(0).get_trials() if t.state.is_finished()}
+    assert again.plan(rows).resumed == 1
+    config = again.suggest("u")
+    assert config["sweep.optuna_trial"] == number
+    assert again.report("u", 1, 50.0) is False  # epoch 1 again: Optuna holds it; not asked
+    assert again.report("u", 2, 50.0) is True   # epoch 2: pruned, as the first attempt was
+    assert again.study(0).get_trials()[number].intermediate_values == {1: 50.0, 2: 50.0}
 
 
 def test_bad_sampler_or_pruner_names(tmp_path: Path) -> None:
