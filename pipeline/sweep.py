@@ -398,13 +398,20 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         progress = Progress(searcher.total, list(space.nuisance), space.metric,
                             done=rec.recorded, writer=writer)
         if searcher.remaining:
-            fit(space, args, searcher, writer, halt, progress, settings,
-                _run_name(exp, storage, resume))
+            try:
+                fit(space, args, searcher, writer, halt, progress, settings,
+                    _run_name(exp, storage, resume))
+            except Exception as exc:  # noqa: BLE001 - Tune itself failed (its own disk writes)
+                logging.getLogger("ray.tune.warmup_sweep").warning("Tune failed", exc_info=True)
+                if writer.failure is None:
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    writer.failure = f"Tune stopped: {type(exc).__name__}: {first}"
         recorded = len(set(store.recorded()) & {r.run_id for r in searcher.runs})
         if writer.failure is not None:
-            print(f"sweep: error: {writer.failure}; stopped with {recorded}/{searcher.total} "
-                  f"runs recorded; once fixed, finish with: {_resume_hint(args, store, exp)}",
-                  file=sys.stderr, flush=True)
+            log = f" (details in {store.base}/experiments/{exp}.log)" if log_file else ""
+            print(f"sweep: error: {writer.failure}{log}; stopped with {recorded}/"
+                  f"{searcher.total} runs recorded; once fixed, finish with: "
+                  f"{_resume_hint(args, store, exp)}", file=sys.stderr, flush=True)
             return 1
         if recorded >= searcher.total:
             try:
@@ -428,7 +435,7 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
     finally:
         if log_file is not None:
             logging.getLogger("ray").removeHandler(log_file)
-            log_file.close()
+            log_file.close()  # never raises (a full disk)
         if started_ray:
             ray.shutdown()
 

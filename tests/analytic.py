@@ -69,6 +69,12 @@ def analytic_slow(config: Mapping[str, Any],
     return _curve(config, report, sleep=0.5)
 
 
+def analytic_brief(config: Mapping[str, Any],
+                   report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """0.2 s per epoch: trials of about a second, for the fault-injection tests."""
+    return _curve(config, report, sleep=0.2)
+
+
 def analytic_dies_once(config: Mapping[str, Any],
                        report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The first attempt of each trial kills its own process (a marker file per trial, in the
@@ -118,3 +124,6 @@ PRUNABLE = space(scientific={"model.cell": ("gru",), "warmup.steps": (0,),
 DIVERGING = space(scientific={"model.cell": ("gru",), "warmup.steps": (0,),
                               "warmup.fraction": (1.0,)}, samples_per_point=6,
                   nuisance={"train.lr": LogUniform(1e-2, 1e2)})
+FAULTS = space("analytic_brief", samples_per_point=4,
+               nuisance={"train.lr": LogUniform(1e-4, 1e1)})
+"""6 points x 4 samples of one-second trials, some pruned, some diverged (lr > 1)."""

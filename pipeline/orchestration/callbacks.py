@@ -149,7 +149,7 @@ class ResultsWriter(tune.Callback):
             self.written.add(tid)
             self.searcher.finish(tid, status, objective)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, an unreachable bucket
-            logger.exception("could not record trial %s", tid)
+            logger.warning("could not record trial %s", tid, exc_info=True)  # to the log file
             run = self.searcher.run_of(tid)
             self.failure = (f"could not record run {run.run_id if run else tid}: "
                             f"{type(exc).__name__}: {exc}".splitlines()[0])

@@ -77,16 +77,32 @@ def check_resources(cpus: float, gpus: float) -> tuple[float, float]:
     return cpus, gpus
 
 
+class _LogFile(logging.FileHandler):
+    """The experiment's log file. A record it cannot write (a full disk) is dropped, silently:
+    the sweep reports the failure that matters (its record) in one line of its own."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
 def quiet_logs(path: str | None) -> logging.Handler | None:
-    """Ray's and Tune's log records go to ``path`` (when given); only errors reach the terminal.
-    Returns the file handler, to be removed at the end."""
+    """Ray's and Tune's log records go to ``path`` (when given), and none reach the terminal,
+    where the sweep prints its own lines (every failure that matters among them, pointing at
+    the log); without a path, only errors reach the terminal. Returns the file handler, to be
+    removed at the end."""
     logger = logging.getLogger("ray")
     for handler in logger.handlers:
-        handler.setLevel(logging.ERROR)
+        handler.setLevel(logging.CRITICAL if path else logging.ERROR)
     if not path:
         return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
