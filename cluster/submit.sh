@@ -61,6 +61,13 @@ command -v "$ray_cli" >/dev/null 2>&1 \
 # Paths below are relative to the repository root, whatever the caller's working directory.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The job's working_dir leaves .git out: the commit travels to the driver, which records it in
+# every row's git_sha ("-dirty" when tracked files changed or untracked files exist).
+sha="$(git rev-parse HEAD 2>/dev/null || true)"
+if [[ -n "$sha" && -n "$(git status --porcelain --untracked-files=normal 2>/dev/null)" ]]; then
+  sha="$sha-dirty"
+fi
+
 exec "$ray_cli" job submit --address "$address" ${submit_opts[@]+"${submit_opts[@]}"} \
   --runtime-env cluster/runtime_env.yaml --working-dir . \
-  -- python -m pipeline.sweep "$@"
+  -- env WARMUP_SWEEP_GIT_SHA="$sha" python -m pipeline.sweep "$@"

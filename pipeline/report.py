@@ -7,11 +7,13 @@ PNG figures into ``--out`` (default ``<results>/<space>/report``); see :mod:`pip
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.analysis.report import build_report, load_table
+from pipeline.analysis.results import NAME, ResultsError, writable_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,14 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the report CLI; returns 0, or 2 with a one-line error on bad input."""
     args = _parser().parse_args(argv)
     try:
-        if not args.threshold > 0:
-            raise ValueError(f"--threshold must be > 0 but got {args.threshold!r}")
+        if not (args.threshold > 0 and math.isfinite(args.threshold)):
+            raise ValueError(f"--threshold must be a finite number > 0 but got {args.threshold!r}")
+        if not NAME.fullmatch(args.space):
+            raise ValueError(f"--space {args.space!r} must be a space name (letters, digits, "
+                             f"'.', '_', '-'), not a path")
+        out = Path(args.out or Path(args.results) / args.space / "report")
+        writable_folder(str(out.absolute()), "--out")
         trials = load_table(args.results, args.space, "trials", args.experiment)
         curves = load_table(args.results, args.space, "curves", args.experiment)
-        out = args.out or Path(args.results) / args.space / "report"
         path = build_report(trials, curves, out, space=args.space, threshold=args.threshold,
                             select=args.select, source=str(Path(args.results) / args.space))
-    except ValueError as exc:
+    except (ValueError, ResultsError, OSError) as exc:
         print(f"pipeline.report: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

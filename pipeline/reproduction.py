@@ -9,11 +9,13 @@ The claims and their verdicts are computed in :mod:`pipeline.analysis.claims`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.analysis.claims import write
+from pipeline.analysis.results import NAME, ResultsError, writable_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,10 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--command", default=None, help="the sweep command to quote (default: recorded)")
     a = p.parse_args(argv)
     try:
+        if not (a.threshold > 0 and math.isfinite(a.threshold)):
+            raise ValueError(f"--threshold must be a finite number > 0 but got {a.threshold!r}")
+        if not NAME.fullmatch(a.space):
+            raise ValueError(f"--space {a.space!r} must be a space name, not a path")
+        # both destinations first: nothing is written when either cannot be
+        writable_folder(str(Path(a.figures).absolute()), "--figures")
+        writable_folder(str(Path(a.out).absolute().parent), "--out's folder")
+        if Path(a.out).is_dir():
+            raise ValueError(f"--out {a.out} is a folder; give the file to write")
         path = write(a.results, a.space, a.experiment, Path(a.out), Path(a.figures), a.threshold,
                      a.command)
-    except (ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, ResultsError) as exc:
+        print(f"pipeline.reproduction: error: {exc}", file=sys.stderr)
         return 2
     print(path)
     return 0

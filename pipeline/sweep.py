@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from ray import tune
 
 import search_spaces
 from pipeline.analysis.results import (
+    NAME,
     ExperimentLock,
     LockHeld,
     ResultsError,
@@ -54,11 +54,10 @@ from pipeline.orchestration.searcher import (
 )
 from pipeline.orchestration.session import BadInput, check_resources, connect, quiet_logs
 from pipeline.orchestration.trainable import make_trainable
-from search_spaces.space import SearchSpace, estimate_core_hours, point_key
+from search_spaces.space import SearchSpace, estimate_core_hours, point_key, trial_memory_bytes
 
 __all__ = ["main"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -145,6 +144,26 @@ def plan_space(args: argparse.Namespace) -> SearchSpace:
     return space
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(space: SearchSpace, limit: int | None, where_: str) -> None:
+    """Refuse a trial whose memory lower bound exceeds ``limit`` bytes (T = 1e9, H = 1e6, 1e12
+    samples would fail deep inside torch as an allocation traceback, trial after trial)."""
+    if limit is None:
+        return
+    need, where = max((trial_memory_bytes(c), point_key({k: c[k] for k in space.scientific}))
+                      for c in space.example_configs())
+    if need > limit:
+        raise BadInput(f"one trial needs at least {need / 2**30:,.3g} GiB ({where}), more than "
+                       f"{where_}'s {limit / 2**30:,.3g} GiB: lower task.seq_len, "
+                       f"task.train_samples, model.hidden_size or the batch sizes")
+
+
 def epochs_of(space: SearchSpace) -> int:
     return max(TrialConfig.from_dict(c).train.epochs for c in space.example_configs())
 
@@ -212,7 +231,7 @@ def _experiment_name(args: argparse.Namespace, space: SearchSpace) -> str:
     given = args.resume if args.resume is not None else args.experiment
     name = given if given is not None else \
         f"{space.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    if not _NAME.fullmatch(name):
+    if not NAME.fullmatch(name):
         raise BadInput(f"experiment name {name!r} must be letters, digits, '.', '_' or '-' "
                        f"(starting with a letter or digit)")
     return name
@@ -360,6 +379,12 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         asked = [settings[k] if settings and getattr(args, k) is None else _opt(args, k)
                  for k in ("cpus_per_trial", "gpus_per_trial")]
         cpus, gpus = check_resources(*asked)
+        _check_memory(space, max((int(n["Resources"].get("memory", 0)) for n in ray.nodes()
+                                  if n.get("Alive")), default=None) or _physical_memory(),
+                      "the largest node")
+        if gpus == 0 and any(c.get("device") == "cuda" for c in space.example_configs()):
+            raise BadInput("device=cuda needs a GPU per trial: pass --gpus-per-trial (0.25 packs "
+                           "four per GPU) on a cluster with GPUs, or use device=auto or cpu")
         if not args.verbose:
             log_file = quiet_logs(f"{store.base}/experiments/{exp}.log" if store.is_local else None)
         if settings is None:
@@ -493,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args, None)
         space = plan_space(args)
         if args.dry_run:
+            _check_memory(space, _physical_memory(), "this machine")
             print_plan(space, args)
             return 0
         return run(args, space)

@@ -266,8 +266,7 @@ def trial_core_seconds(flat: Mapping[str, Any]) -> float:
     x3 with the backward pass). Good to a factor of a few; real timings come from a smoke run.
     """
     c = TrialConfig.from_dict(flat)
-    T = c.task.seq_len + c.pad if c.task.name not in ("seq_mnist", "perm_mnist", "row_mnist") \
-        else (28 if c.task.name == "row_mnist" else 784) + c.pad
+    T = _length(c)
     H, L, B = c.model.hidden_size, c.model.num_layers, c.train.batch_size
     n_train = int(c.task.train_samples * 0.8)
     n_valid = c.task.train_samples - n_train
@@ -281,6 +280,27 @@ def trial_core_seconds(flat: Mapping[str, Any]) -> float:
                     + 3 * c.warmup.steps * c.warmup.batch_size * (T + s_mean))
     flops = 2 * _GATES[c.model.cell] * H * (2 * H) * L * sample_steps
     return TRIAL_OVERHEAD_S + c.replicas * (loops * STEP_OVERHEAD_S + flops / FLOPS_PER_CORE)
+
+
+def _length(c: TrialConfig) -> int:
+    if c.task.name in ("seq_mnist", "perm_mnist", "row_mnist"):
+        return (28 if c.task.name == "row_mnist" else 784) + c.pad
+    return c.task.seq_len + c.pad
+
+
+def trial_memory_bytes(flat: Mapping[str, Any]) -> int:
+    """A lower bound of one trial's peak memory in bytes (float32): the generated data (inputs
+    and targets of every sample, at least one value per step each), the parameters with Adam's
+    two moments and their gradient, and the states one training batch keeps for the backward
+    pass (every gate of every layer at every step). Used to refuse sizes no machine can hold
+    before anything runs; the real peak is higher."""
+    c = TrialConfig.from_dict(flat)
+    T, H, L = _length(c), c.model.hidden_size, c.model.num_layers
+    gates = _GATES[c.model.cell]
+    data = (c.task.train_samples + c.task.test_samples) * T * 2
+    params = L * gates * H * (2 * H + 2) * 4  # weights and biases, gradient, two Adam moments
+    states = max(c.train.batch_size, c.warmup.batch_size, c.vaa.samples) * T * L * H * (gates + 2)
+    return 4 * c.replicas * (data + params + states)
 
 
 def estimate_core_hours(space: SearchSpace) -> float:

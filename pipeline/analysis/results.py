@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -45,7 +46,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import TrialConfig, field_type
 
-__all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "ExperimentLock", "LockHeld", "ResultsError",
+__all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "NAME", "ExperimentLock", "LockHeld",
+           "ResultsError",
            "Store", "load", "provenance", "record_rows", "writable_folder"]
 
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
@@ -93,6 +95,10 @@ TABLES: dict[str, pa.Schema] = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA
 _KEYS = {"trials": ["experiment", "trial_id", "replica"],
          "curves": ["experiment", "trial_id", "replica", "phase", "step"]}
 _COMPACTED = "compacted.parquet"
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""What a space or experiment name may be (a folder name, never a path): ``fullmatch`` it."""
 
 
 class ResultsError(Exception):

@@ -19,15 +19,36 @@ class BadInput(Exception):
     """Input the sweep refuses: reported as one line on stderr, exit status 2."""
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""HTTP/2's client connection preface followed by an empty SETTINGS frame."""
+
+
 def _check_reachable(address: str) -> None:
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise BadInput(f"--address must be HOST:PORT (or auto) but got {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        conn = socket.create_connection((host, int(port)), timeout=5)
     except OSError as exc:
         raise BadInput(f"cannot reach a Ray cluster at {address}: {exc}") from None
+    # Ray's GCS speaks gRPC, i.e. HTTP/2: it answers the client's connection preface with a
+    # SETTINGS frame (RFC 9113, 3.4). Anything else listening there would make ray.init retry
+    # for minutes, printing a line every few seconds.
+    try:
+        with conn:
+            conn.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        head = b""
+    if len(head) < 9 or head[3] != 0x04:
+        raise BadInput(f"{address} accepts connections but is not a Ray cluster (no gRPC "
+                       f"answer); pass the head's GCS address, HOST:6379") from None
 
 
 def connect(address: str | None, *, verbose: bool) -> bool:
