@@ -252,16 +252,16 @@ def _check_data(space: SearchSpace) -> None:
 def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> SearchSpace:
     """The experiment's own space, rebuilt from ``experiment.json`` and checked against the
     definition it recorded (a space file edited since would plan other runs)."""
-    if settings.get("plan") != PLAN_FORMAT:
-        raise BadInput(f"experiment {settings.get('experiment')!r} was written by an older "
-                       f"version without stable run identities; it cannot be resumed exactly: "
-                       f"start a new experiment")
     given = [f"--{n.replace('_', '-')}" for n in DEFINITION_OPTIONS
              if getattr(args, n) not in (None, [])]
     if given:
         raise BadInput(f"--resume takes the experiment's own definition from experiment.json; "
                        f"drop {', '.join(given)} (only resources apply: --max-concurrent, "
                        f"--cpus-per-trial, --gpus-per-trial, --max-failures, --address)")
+    if settings.get("plan") != PLAN_FORMAT:
+        raise BadInput(f"experiment {settings.get('experiment')!r} was written by an older "
+                       f"version without stable run identities; it cannot be resumed exactly: "
+                       f"start a new experiment")
     saved = argparse.Namespace(**{**vars(args), "smoke": settings["smoke"],
                                   "sets": settings["sets"], "seed": settings["seed"],
                                   "num_samples": settings["definition"]["samples_per_point"]})
@@ -523,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run(args, space)
     except BadInput as exc:
-        print(f"sweep: error: {exc}", file=sys.stderr, flush=True)
+        line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"sweep: error: {line}", file=sys.stderr, flush=True)
         return 2
 
 

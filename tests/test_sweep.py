@@ -45,8 +45,22 @@ def _existing(tmp_path: Path) -> Path:
     return results
 
 
-@pytest.mark.parametrize("case", ["space", "key", "value", "type", "address", "unwritable", "uri",
-                                  "corrupt", "journal", "exists", "resume-missing", "option"])
+_CASES = ["space", "key", "value", "type", "address", "unwritable", "uri", "corrupt", "journal",
+          "exists", "resume-missing", "option", "resume-empty", "experiment-empty",
+          "name-newline", "cpus-nan", "gpus-nan", "seed-huge", "seed-option-huge",
+          "max-failures", "chrono-nan", "corrupt-data", "wrong-type", "storage-file",
+          "resume-set", "resume-smoke", "resume-old-format", "locked", "reused-name",
+          "reused-study", "not-ray", "memory-dry-run", "journal-middle"]
+
+
+def _write_trials_file(path: Path, **columns: object) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: [v] for k, v in columns.items()}), path)
+
+
+@pytest.mark.parametrize("case", _CASES)
 def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     results = tmp_path / "results"
@@ -56,7 +70,18 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
               "unwritable": "cannot be created", "uri": "cannot open the results root",
               "corrupt": "corrupt results file",
               "journal": "corrupt results file", "exists": "already exists",
-              "resume-missing": "nothing to resume", "option": "--seed"}[case]
+              "resume-missing": "nothing to resume", "option": "--seed",
+              "resume-empty": "experiment name ''", "experiment-empty": "experiment name ''",
+              "name-newline": "experiment name 'e\\n'", "cpus-nan": "--cpus-per-trial must be",
+              "gpus-nan": "--gpus-per-trial must be", "seed-huge": "seed=1e+30 is out of range",
+              "seed-option-huge": "seed=1e+20 is out of range", "max-failures": "--max-failures",
+              "chrono-nan": "model.chrono_t_max", "corrupt-data": "corrupt results file",
+              "wrong-type": "column 'optuna_trial' is string, expected int64",
+              "storage-file": "--storage", "resume-set": "drop --set",
+              "resume-smoke": "drop --smoke, --seed", "resume-old-format": "older version",
+              "locked": "is locked by pid", "reused-name": "already exists",
+              "reused-study": "its studies in", "not-ray": "not a Ray cluster",
+              "memory-dry-run": "needs at least", "journal-middle": "corrupt results file"}[case]
     if case == "space":
         argv[1] = "no_such_space"
     elif case == "key":
@@ -86,12 +111,74 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
         argv[4:6] = ["--resume", "never-ran"]
     elif case == "option":
         argv += ["--seed", "abc"]
+    elif case == "resume-empty":
+        argv[4:6] = ["--resume", ""]  # an unset variable: never a new full-size experiment
+    elif case == "experiment-empty":
+        argv[5] = ""
+    elif case == "name-newline":
+        argv[5] = "e\n"
+    elif case in ("cpus-nan", "gpus-nan"):
+        argv += [f"--{case[:4]}-per-trial", "nan"]
+    elif case == "seed-huge":
+        argv += ["--set", "seed=1e30"]
+    elif case == "seed-option-huge":
+        argv += ["--seed", str(10**20)]
+    elif case == "max-failures":
+        argv += ["--max-failures", "-5"]
+    elif case == "chrono-nan":
+        argv += ["--set", "model.chrono_t_max=nan"]
+    elif case == "corrupt-data":  # an intact footer over damaged pages
+        good = results / "analytic" / "trials" / "old" / "trial-p0-s0.parquet"
+        _write_trials_file(good, trial_id="p0-s0", status="completed" * 50, objective=1.0)
+        data = bytearray(good.read_bytes())
+        data[4:60] = b"\xff" * 56
+        good.write_bytes(bytes(data))
+    elif case == "wrong-type":
+        _write_trials_file(results / "analytic" / "trials" / "old" / "trial-p0-s0.parquet",
+                           trial_id="p0-s0", optuna_trial="3")
+    elif case == "storage-file":
+        (tmp_path / "afile").write_text("x")
+        argv += ["--storage", str(tmp_path / "afile" / "tune")]
+    elif case in ("resume-set", "resume-smoke", "resume-old-format"):
+        results = _existing(tmp_path)
+        if case != "resume-old-format":
+            settings = {"plan": "runs/1", "experiment": "old"}
+            (results / "analytic" / "experiments" / "old.json").write_text(json.dumps(settings))
+        argv[4:6] = ["--resume", "old"]
+        argv += {"resume-set": ["--set", "model.cell=gru"], "resume-smoke": ["--smoke", "--seed",
+                                                                           "3"]}.get(case, [])
+    elif case == "locked":  # a live holder: this very process
+        from pipeline.analysis.results import ExperimentLock
+        lock = ExperimentLock(str(results / "analytic" / "experiments" / "e.lock"), "other")
+        lock.acquire()
+    elif case == "reused-name":  # experiment.json deleted, the rows still there
+        _write_trials_file(results / "analytic" / "trials" / "e" / "trial-p0-s0.parquet",
+                           trial_id="p0-s0")
+    elif case == "reused-study":
+        import optuna
+        (results / "analytic").mkdir(parents=True)
+        optuna.create_study(study_name="e/model.cell=gru", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(results / "analytic" /
+                                                           "optuna.journal"))))
+    elif case == "not-ray":
+        import socket
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        argv += ["--address", f"127.0.0.1:{server.getsockname()[1]}"]
+    elif case == "memory-dry-run":
+        argv += ["--set", "task.seq_len=1000000000", "--dry-run"]
+    elif case == "journal-middle":  # a cut line that is not the last: not repairable
+        (results / "analytic").mkdir(parents=True)
+        (results / "analytic" / "optuna.journal").write_text('{"op_code": 0\n{"op_code": 1}\n')
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     rc, out, err = _run(capsys, *argv)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("sweep: error: "), err
     assert expect in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    if case == "locked":
+        lock.release()
 
 
 # ----------------------------------------------------------------------------------- on Ray

@@ -107,10 +107,12 @@ class ResultsError(Exception):
 
 def _cell(value: Any, typ: pa.DataType) -> Any:
     """Coerce one Python value to what pyarrow accepts for ``typ`` (None for missing)."""
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:
         return None
     if pa.types.is_floating(typ):
         return float(value)
+    if isinstance(value, float) and value != value:  # NaN from a pandas frame: a missing value
+        return None
     if pa.types.is_integer(typ):
         return int(value)
     if pa.types.is_boolean(typ):
@@ -525,11 +527,16 @@ def _describe_holder(path: str, info: Mapping[str, Any]) -> str:
             f"{path}")
 
 
+def _first_line(exc: BaseException) -> str:
+    line = next((x for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    return "".join(ch for ch in line if ch.isprintable()).strip()
+
+
 def _check_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> None:
     try:
         found = pq.read_schema(path, filesystem=fs)
     except (OSError, pa.ArrowException) as exc:
-        raise ResultsError(f"corrupt results file {path}: {exc}") from None
+        raise ResultsError(f"corrupt results file {path}: {_first_line(exc)}") from None
     extra = set(found.names) - set(schema.names)
     if extra:
         raise ResultsError(f"results file {path} has unknown column(s) "
@@ -544,7 +551,7 @@ def _check_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> None:
     try:
         pq.read_table(path, filesystem=fs)  # decodes every page: corrupt data is caught here
     except (OSError, pa.ArrowException) as exc:
-        raise ResultsError(f"corrupt results file {path}: {exc}") from None
+        raise ResultsError(f"corrupt results file {path}: {_first_line(exc)}") from None
 
 
 def _fsync_dir(path: str) -> None:
@@ -585,7 +592,6 @@ def provenance() -> dict[str, Any]:
     cluster job or an image) and the versions of Python, torch, numpy, pyarrow, Ray and Optuna
     (read from package metadata; nothing imported)."""
     import platform
-    import subprocess
     from importlib import metadata
 
     def version(pkg: str) -> str | None:
@@ -595,17 +601,30 @@ def provenance() -> dict[str, Any]:
             return None
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return {"git_sha": git_sha(repo), "python_version": platform.python_version(),
+            **{f"{pkg}_version": version(pkg) for pkg in ("torch", "numpy", "pyarrow", "ray",
+                                                            "optuna")}}
+
+
+def git_sha(repo: str) -> str | None:
+    """The commit of the checkout at ``repo``, ``-dirty`` when a tracked file changed or an
+    untracked (not ignored) file exists; ``$WARMUP_SWEEP_GIT_SHA`` where ``repo`` is no git
+    checkout (a cluster job's working dir, an image); None when neither says."""
+    import subprocess
+
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if os.path.realpath(top) != os.path.realpath(repo):
+            raise OSError("inside another repository")
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"],
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        sha += "-dirty" if dirty else ""
+                               cwd=repo, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        sha = os.environ.get("WARMUP_SWEEP_GIT_SHA") or None
-    return {"git_sha": sha, "python_version": platform.python_version(),
-            **{f"{pkg}_version": version(pkg) for pkg in ("torch", "numpy", "pyarrow", "ray",
-                                                            "optuna")}}
+        return os.environ.get("WARMUP_SWEEP_GIT_SHA") or None
 
 
 def _abspath(path: str) -> str:

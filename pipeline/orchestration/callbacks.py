@@ -58,6 +58,16 @@ def _error_text(trial: Trial) -> str:
     return last[:500]
 
 
+def _whole_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every config key of a trial, defaults included (a row carries its whole config, whether
+    the objective echoed it or not)."""
+    flat = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
+    try:
+        return {**TrialConfig.from_dict(flat).to_dict(), **flat}
+    except ValueError:  # a config the objective refused: keep what was given
+        return dict(flat)
+
+
 class Halt(tune.Stopper):
     """Stops the whole experiment once :attr:`reason` is set (a write of the record failed)."""
 
@@ -163,7 +173,7 @@ class ResultsWriter(tune.Callback):
         partial = self._partial.pop(tid, None) or {"warmup": [], "train": {}}
         result = trial.last_result or {}
         if result.get("phase") == "final" and result.get("record_json"):
-            record = json.loads(result["record_json"])
+            record = {**_whole_config(trial.config), **json.loads(result["record_json"])}
         else:
             record = self._rebuild(trial.config, partial, status)
             if error:
@@ -190,11 +200,7 @@ class ResultsWriter(tune.Callback):
         finite = [r for r in train if r.get("valid_loss") is not None
                   and math.isfinite(r["valid_loss"])]
         best = min(finite, key=lambda r: r["valid_loss"]) if finite else None
-        flat = {k: v for k, v in config.items() if not k.startswith(META_PREFIX)}
-        try:
-            record = TrialConfig.from_dict(flat).to_dict()
-        except ValueError:  # a config the objective refused: keep what was given
-            record = dict(flat)
+        record = _whole_config(config)
         record.update(partial.get("summary", {}))
         record.update(status=status, epochs_run=train[-1]["step"] if train else 0,
                       warmup_steps_run=len(partial["warmup"]),

@@ -203,11 +203,15 @@ class PointStudySearcher(Searcher):
     def study(self, i: int) -> optuna.Study:
         """The study of point ``i`` (created on first use, loaded if it exists)."""
         if i not in self._studies:
-            study = optuna.create_study(
-                study_name=self.study_name(i), storage=self.storage(),
-                sampler=make_sampler(self.sampler_name, _point_seed(self.seed, self.keys[i])),
-                pruner=make_pruner(self.pruner_name, self.epochs), load_if_exists=True,
-                direction="minimize" if self.space.mode == "min" else "maximize")
+            kw = {"study_name": self.study_name(i), "storage": self.storage(),
+                  "sampler": make_sampler(self.sampler_name, _point_seed(self.seed, self.keys[i])),
+                  "pruner": make_pruner(self.pruner_name, self.epochs)}
+            try:  # loading first: create_study(load_if_exists) appends a line to the journal
+                study = optuna.load_study(**kw)
+            except KeyError:
+                study = optuna.create_study(
+                    **kw, load_if_exists=True,
+                    direction="minimize" if self.space.mode == "min" else "maximize")
             if "point" not in study.user_attrs:
                 for k, v in (("space", self.space.name), ("experiment", self.experiment),
                              ("point", self.points[i]), ("metric", self.space.metric)):

@@ -259,10 +259,14 @@ def test_submit_script_builds_the_documented_command(tmp_path: Path, fake_ray: P
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["cwd"] == str(REPO), "submit.sh must run from the repository root"
-    assert seen["argv"] == ["job", "submit", "--address", "http://127.0.0.1:8265",
-                            "--submission-id", "s1", "--runtime-env", "cluster/runtime_env.yaml",
-                            "--working-dir", ".", "--", "python", "-m", "pipeline.sweep",
-                            "--space", "copy_task", "--smoke", "--set", "model.cell=gru"]
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    env = seen["argv"][11:13]
+    assert env[0] == "env" and env[1].startswith(f"WARMUP_SWEEP_GIT_SHA={sha}")  # the commit
+    assert seen["argv"][:11] + seen["argv"][13:] == [
+        "job", "submit", "--address", "http://127.0.0.1:8265", "--submission-id", "s1",
+        "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".", "--", "python", "-m",
+        "pipeline.sweep", "--space", "copy_task", "--smoke", "--set", "model.cell=gru"]
 
 
 def test_submit_script_address_defaults_to_the_environment(tmp_path: Path, fake_ray: Path
@@ -301,3 +305,10 @@ def test_readme_covers_the_path_and_marks_gpu_throughput_unmeasured() -> None:
     assert "not been measured" in section or "|" in section
     images = set(re.findall(r"registry\.example\.com/warmup-sweep:\S+?(?=[\s`])", text))
     assert images and all(IMAGE.match(i) for i in images), images
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "local.yaml"])
+def test_ray_up_configs_bind_the_dashboard_to_loopback(name: str) -> None:
+    """The workflow is an SSH tunnel (`ray dashboard`): the Jobs API never listens on a network."""
+    text = (REPO / "cluster" / name).read_text()
+    assert "--dashboard-host=127.0.0.1" in text and "0.0.0.0" not in text
