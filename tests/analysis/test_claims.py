@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.analysis.claims import claims
 from pipeline.analysis.report import prepare
@@ -59,3 +60,23 @@ def test_a_run_without_the_effect_is_not_supported() -> None:
 
 def test_missing_tables_exit_2(tmp_path: Path) -> None:
     assert main(["--results", str(tmp_path), "--out", str(tmp_path / "R.md")]) == 2
+
+
+@pytest.mark.parametrize("extra, expected", [(["--threshold", "nan"], "--threshold"),
+                                             (["--threshold", "-1"], "--threshold"),
+                                             (["--space", "../x"], "not a path"),
+                                             (["--out", "FOLDER"], "is a folder"),
+                                             (["--out", "FILE/R.md"], "cannot be created")])
+def test_bad_arguments_exit_2_before_any_figure_is_written(
+        tmp_path: Path, extra: list[str], expected: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "FOLDER").mkdir()
+    extra = [str(tmp_path / e) if e.startswith(("FILE", "FOLDER")) else e for e in extra]
+    figures = tmp_path / "figs"
+    argv = ["--results", str(tmp_path), "--out", str(tmp_path / "R.md"), "--figures",
+            str(figures), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not figures.exists() and not (tmp_path / "R.md").exists()

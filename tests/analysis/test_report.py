@@ -272,14 +272,17 @@ def test_cli_with_nothing_to_plot_still_draws_every_figure(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("case", ["no_space", "no_curves", "empty_trials", "unknown_experiment",
-                                  "corrupt", "bad_threshold", "no_cell_column"])
+                                  "corrupt", "bad_threshold", "no_cell_column", "nan_threshold",
+                                  "out_is_file", "space_is_path"])
 def test_bad_input_gives_one_line_and_exit_2(results: Path, case: str,
                                              capsys: pytest.CaptureFixture) -> None:
     argv = ["--space", "toy", "--results", str(results)]
     expected = {"no_space": "no trials table", "no_curves": "no curves table",
                 "empty_trials": "trials table", "unknown_experiment": "nope",
                 "corrupt": "cannot read the trials table", "bad_threshold": "--threshold",
-                "no_cell_column": "lacks column(s) model.cell"}[case]
+                "no_cell_column": "lacks column(s) model.cell",
+                "nan_threshold": "--threshold must be a finite", "out_is_file": "cannot be created",
+                "space_is_path": "not a path"}[case]
     if case == "no_space":
         argv[1] = "missing"
     elif case == "no_curves":
@@ -295,11 +298,20 @@ def test_bad_input_gives_one_line_and_exit_2(results: Path, case: str,
         (results / "toy" / "trials" / "part-0.parquet").write_bytes(b"not parquet at all")
     elif case == "bad_threshold":
         argv += ["--threshold", "0"]
+    elif case == "nan_threshold":
+        argv += ["--threshold", "nan"]
+    elif case == "out_is_file":
+        (results / "afile").write_text("x")
+        argv += ["--out", str(results / "afile" / "report")]
+    elif case == "space_is_path":
+        argv[1] = "../toy"  # would escape --results
     else:
         trials, _ = _tables()
         trials.drop(columns=["model.cell"]).to_parquet(
             results / "toy" / "trials" / "part-0.parquet", index=False)
+    before = sorted(results.rglob("*"))
     assert report_cli.main(argv) == 2
+    assert sorted(results.rglob("*")) == before  # nothing written
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err and err.startswith("pipeline.report: error:")
     if case == "empty_trials":
