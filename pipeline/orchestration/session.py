@@ -3,16 +3,20 @@ its logs to a file. Imported only by :mod:`pipeline.sweep`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
+import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import ray
 
-__all__ = ["BadInput", "check_resources", "connect", "quiet_logs"]
+__all__ = ["BadInput", "check_resources", "connect", "quiet_logs", "reap_orphan_agents"]
 
 
 class BadInput(Exception):
@@ -51,6 +55,66 @@ def _check_reachable(address: str) -> None:
                        f"answer); pass the head's GCS address, HOST:6379") from None
 
 
+_SESSION_LOG = re.compile(r"/session_[^/]*_(\d+)/logs/")
+
+
+def _orphaned_agent(pid: int, uid: int) -> bool:
+    """Whether ``pid`` is a Ray agent whose local Ray is gone: a ``ray::`` process of ``uid``,
+    adopted by init (a live agent's parent is its raylet), that writes the logs of a session
+    whose raylet (``RAY_RAYLET_PID``, when its environment still says) or starting process
+    (the pid ending the session folder's name) is dead."""
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != uid:
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if not f.read(5).startswith(b"ray::"):
+                return False
+        with open(f"/proc/{pid}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) != 1:
+                return False
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        owners = [int(env[b"RAY_RAYLET_PID"])] if env.get(b"RAY_RAYLET_PID", b"").isdigit() \
+            else []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            m = _SESSION_LOG.search(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            if m:
+                owners.append(int(m.group(1)))
+                break
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(owners) and not all(os.path.exists(f"/proc/{o}") for o in owners)
+
+
+def reap_orphan_agents() -> list[int]:
+    """Stop the agents a killed local Ray left behind; returns their pids.
+
+    When the driver of a local Ray is killed (kill -9), its GCS and raylet go, but Ray 2.60's
+    dashboard and runtime-env agents stay, adopted by init, for good. Such an agent is known
+    for sure (see :func:`_orphaned_agent`); agents of a live Ray are never touched. Linux only
+    (``/proc``); elsewhere nothing is done.
+    """
+    reaped: list[int] = []
+    if not os.path.isdir("/proc"):
+        return reaped
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _orphaned_agent(int(entry), uid):
+            try:
+                os.kill(int(entry), signal.SIGTERM)
+                reaped.append(int(entry))
+            except OSError:
+                pass
+    deadline = time.monotonic() + 2.0
+    while reaped and time.monotonic() < deadline and \
+            any(os.path.exists(f"/proc/{p}") for p in reaped):
+        time.sleep(0.1)
+    for pid in reaped:  # they log that their raylet died, then hang in their shutdown
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return reaped
+
+
 def connect(address: str | None, *, verbose: bool) -> bool:
     """Join the cluster at ``address``, or start a local Ray sized to this machine.
 
@@ -67,6 +131,10 @@ def connect(address: str | None, *, verbose: bool) -> bool:
         if address and address != "local":
             ray.init(address=address, **kwargs)  # a cluster: it owns its resources
         else:
+            reaped = reap_orphan_agents()
+            if reaped:
+                print(f"sweep: note: stopped {len(reaped)} Ray agent(s) left by a killed local "
+                      f"Ray (pids {', '.join(map(str, reaped))})", file=sys.stderr, flush=True)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
