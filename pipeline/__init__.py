@@ -30,9 +30,9 @@ MOVED = {
     "pipeline.results": "pipeline.analysis.results",
     "pipeline.config": "pipeline.core.config",
 }
-"""Module paths from before the layout of packages, to where their code lives now. Ray Tune pickles
-an experiment's searcher, scheduler and callbacks (and their classes' module paths) into its saved
-state; ``--resume`` of an experiment started before the move unpickles them through these names."""
+"""Module paths from before the layout of packages, to where their code lives now: scripts and
+notebooks that import the old names, and objects pickled under them, keep working. (``--resume``
+itself reads no pickle: it plans from the Parquet rows and the Optuna journal.)"""
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -8,8 +8,10 @@ and the driver writes every trial to Parquet as it ends (:mod:`pipeline.orchestr
 
 Bad input (an unknown space, key or value, an unreachable ``--address``, an unwritable results
 folder, a corrupt results file) prints one line on stderr and exits 2 before anything is written.
-``--resume EXPERIMENT`` finishes an interrupted experiment (Ctrl-C or kill -9 of this driver)
-without rerunning or duplicating the trials already recorded.
+``--resume EXPERIMENT`` finishes an interrupted experiment (Ctrl-C or kill -9 of this driver, a
+full disk): it reconciles the Parquet rows with the Optuna studies and runs exactly the runs
+without a row (see :meth:`pipeline.orchestration.searcher.PointStudySearcher.plan`). One process
+writes an experiment at a time (:class:`pipeline.analysis.results.ExperimentLock`).
 """
 
 from __future__ import annotations

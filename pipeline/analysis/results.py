@@ -2,10 +2,11 @@
 
 Layout under a results root (a local folder or a URI such as ``s3://bucket/results``)::
 
-    <root>/<space>/trials/<experiment>/trial-<trial_id>.parquet   one file per trial, then
+    <root>/<space>/trials/<experiment>/trial-<trial_id>.parquet   one file per run, then
     <root>/<space>/trials/<experiment>/compacted.parquet           compacted at the end
     <root>/<space>/curves/<experiment>/...                         same for the curves
     <root>/<space>/experiments/<experiment>.json                   command, settings, versions
+    <root>/<space>/experiments/<experiment>.lock                   its one writer, while it runs
     <root>/<space>/optuna.journal                                  the Optuna studies
 
 so that one call loads a table across every experiment of a space::
