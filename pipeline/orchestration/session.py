@@ -56,18 +56,20 @@ def _check_reachable(address: str) -> None:
 
 
 _SESSION_LOG = re.compile(r"/session_[^/]*_(\d+)/logs/")
+_RAY_PROCESS = re.compile(rb"^ray::|/ray/_private/|/ray/core/src/|/ray/dashboard/")
+"""A process of Ray's own: an agent or worker (titled ``ray::...``) or one of its programs."""
 
 
 def _orphaned_agent(pid: int, uid: int) -> bool:
-    """Whether ``pid`` is a Ray agent whose local Ray is gone: a ``ray::`` process of ``uid``,
-    adopted by init (a live agent's parent is its raylet), that writes the logs of a session
+    """Whether ``pid`` is a Ray agent or worker whose local Ray is gone: a process of Ray's own
+    run by ``uid``, adopted by init (a live one's parent is its raylet), with the logs of a session
     whose raylet (``RAY_RAYLET_PID``, when its environment still says) or starting process
     (the pid ending the session folder's name) is dead."""
     try:
         if os.stat(f"/proc/{pid}").st_uid != uid:
             return False
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if not f.read(5).startswith(b"ray::"):
+            if not _RAY_PROCESS.search(f.read(4096)):
                 return False
         with open(f"/proc/{pid}/stat") as f:
             if int(f.read().rsplit(")", 1)[1].split()[1]) != 1:
