@@ -50,7 +50,6 @@ from pipeline.orchestration.scheduler import OptunaPruningScheduler
 from pipeline.orchestration.searcher import (
     PointStudySearcher,
     check_journal,
-    journal_lock,
     make_sampler,
     repair_journal,
 )
@@ -109,6 +108,9 @@ DEFINITION_OPTIONS = ("experiment", "sets", "num_samples", "smoke", "seed", "sam
 refuses them on its command line. Resources (``--max-concurrent``, ``--cpus-per-trial``,
 ``--gpus-per-trial``, ``--max-failures``, ``--address``) apply to the resumed session."""
 
+MAX_RUNS = 1_000_000
+"""Runs one experiment may plan (its plan, rows and studies are held in the driver's memory)."""
+
 PLAN_FORMAT = "runs/1"
 """``experiment.json``'s ``plan``: runs identified by (point, sample), resumed from the record."""
 
@@ -134,6 +136,11 @@ def plan_space(args: argparse.Namespace) -> SearchSpace:
             if args.num_samples < 1:
                 raise ValueError(f"--num-samples must be >= 1 but got {args.num_samples}")
             space = dataclasses.replace(space, samples_per_point=args.num_samples)
+        runs = len(space.points()) * space.samples_per_point
+        if runs > MAX_RUNS:
+            raise ValueError(f"{runs:,} runs ({len(space.points())} points x "
+                             f"{space.samples_per_point} samples) is more than one experiment "
+                             f"holds ({MAX_RUNS:,}); split the grid or lower --num-samples")
         for name in ("cpus_per_trial", "gpus_per_trial"):
             value = getattr(args, name)
             if value is not None and not math.isfinite(value):
@@ -251,6 +258,11 @@ def _check_data(space: SearchSpace) -> None:
                 raise BadInput(str(exc).splitlines()[0]) from None
 
 
+_SETTINGS_KEYS = ("experiment", "definition", "smoke", "sets", "seed", "sampler", "pruner",
+                  "journal", "storage", "results", "cpus_per_trial", "gpus_per_trial",
+                  "max_concurrent", "max_failures", "trials")
+
+
 def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> SearchSpace:
     """The experiment's own space, rebuilt from ``experiment.json`` and checked against the
     definition it recorded (a space file edited since would plan other runs)."""
@@ -264,6 +276,10 @@ def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> Search
         raise BadInput(f"experiment {settings.get('experiment')!r} was written by an older "
                        f"version without stable run identities; it cannot be resumed exactly: "
                        f"start a new experiment")
+    missing = sorted(k for k in _SETTINGS_KEYS if k not in settings)
+    if missing or not isinstance(settings.get("definition"), dict):
+        raise BadInput(f"corrupt results file: experiment.json of {settings.get('experiment')!r} "
+                       f"lacks {', '.join(missing) or 'a definition'}")
     saved = argparse.Namespace(**{**vars(args), "smoke": settings["smoke"],
                                   "sets": settings["sets"], "seed": settings["seed"],
                                   "num_samples": settings["definition"]["samples_per_point"]})
@@ -319,6 +335,8 @@ def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
                            f"{args.results}; nothing to resume") from None
         except ResultsError as exc:
             raise BadInput(str(exc)) from None
+        if not isinstance(settings, dict):
+            raise BadInput(f"corrupt results file {store.experiment_json}: not a JSON object")
     journal = (settings or {}).get("journal") or args.journal
     if not journal and not store.is_local:
         raise BadInput("--journal PATH is needed when --results is a URI: the Optuna journal is "
@@ -333,6 +351,8 @@ def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
         note = lock.acquire()
     except LockHeld as exc:
         raise BadInput(f"{exp}: {exc}") from None
+    except OSError as exc:
+        raise BadInput(f"cannot create the lock {lock_path}: {exc}") from None
     try:
         if note:
             print(f"sweep: note: {note}", file=sys.stderr, flush=True)
@@ -360,13 +380,16 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
             raise BadInput(str(exc)) from None
     journal = settings["journal"] if settings else \
         os.path.abspath(args.journal or f"{store.base}/optuna.journal")
+    cut = 0
     try:
+        if os.path.isdir(journal):
+            raise ValueError(f"--journal {journal} is a folder; give the journal file")
         writable_folder(os.path.dirname(journal), "the journal's folder")
-        with journal_lock(journal):
+        if settings is not None:  # only the experiment's own journal is ever mended
             cut = repair_journal(journal)
-            check_journal(journal)
+        check_journal(journal)
         make_sampler(settings["sampler"] if settings else _opt(args, "sampler"), 0)
-    except (ValueError, ResultsError) as exc:
+    except (ValueError, ResultsError, OSError) as exc:
         raise BadInput(str(exc)) from None
     if cut:
         print(f"sweep: note: cut an incomplete last line ({cut} bytes) off {journal}: a write "
@@ -528,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
         print(f"sweep: error: {line}", file=sys.stderr, flush=True)
         return 2
+    except OSError as exc:  # the disk or the network failed under the sweep: one line, exit 1
+        print(f"sweep: error: {exc}; the record is consistent: fix the cause, then --resume",
+              file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

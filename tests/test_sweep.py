@@ -50,7 +50,8 @@ _CASES = ["space", "key", "value", "type", "address", "unwritable", "uri", "corr
           "name-newline", "cpus-nan", "gpus-nan", "seed-huge", "seed-option-huge",
           "max-failures", "chrono-nan", "corrupt-data", "wrong-type", "storage-file",
           "resume-set", "resume-smoke", "resume-old-format", "locked", "reused-name",
-          "reused-study", "not-ray", "memory-dry-run", "journal-middle"]
+          "reused-study", "not-ray", "memory-dry-run", "journal-middle", "too-many-runs",
+          "journal-not-journal", "journal-folder", "settings-not-object", "settings-missing"]
 
 
 def _write_trials_file(path: Path, **columns: object) -> None:
@@ -81,7 +82,10 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
               "resume-smoke": "drop --smoke, --seed", "resume-old-format": "older version",
               "locked": "is locked by pid", "reused-name": "already exists",
               "reused-study": "its studies in", "not-ray": "not a Ray cluster",
-              "memory-dry-run": "needs at least", "journal-middle": "corrupt results file"}[case]
+              "memory-dry-run": "needs at least", "journal-middle": "corrupt results file",
+              "too-many-runs": "more than one experiment holds",
+              "journal-not-journal": "corrupt results file", "journal-folder": "is a folder",
+              "settings-not-object": "not a JSON object", "settings-missing": "lacks"}[case]
     if case == "space":
         argv[1] = "no_such_space"
     elif case == "key":
@@ -171,12 +175,27 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
     elif case == "journal-middle":  # a cut line that is not the last: not repairable
         (results / "analytic").mkdir(parents=True)
         (results / "analytic" / "optuna.journal").write_text('{"op_code": 0\n{"op_code": 1}\n')
+    elif case == "too-many-runs":
+        argv += ["--num-samples", str(10**12)]
+    elif case == "journal-not-journal":  # never "mended": it is not the experiment's journal
+        _write_trials_file(tmp_path / "t.parquet", a=1)
+        argv += ["--journal", str(tmp_path / "t.parquet")]
+    elif case == "journal-folder":
+        argv += ["--journal", str(tmp_path)]
+    elif case in ("settings-not-object", "settings-missing"):
+        results = _existing(tmp_path)
+        text = "[1, 2]" if case == "settings-not-object" else json.dumps(
+            {"plan": "runs/1", "experiment": "old", "smoke": False})
+        (results / "analytic" / "experiments" / "old.json").write_text(text)
+        argv[4:6] = ["--resume", "old"]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    contents = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     rc, out, err = _run(capsys, *argv)
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("sweep: error: "), err
     assert expect in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert {p: p.read_bytes() for p in contents} == contents  # nothing changed either
     if case == "locked":
         lock.release()
 

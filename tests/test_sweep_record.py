@@ -52,29 +52,45 @@ def test_a_stale_lock_of_a_dead_driver_is_taken_over(
     lock = tmp_path / "analytic" / "experiments" / "s.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
-                                "pid_start": "1", "started_at": "2026-01-01T00:00:00"}))
+                                "started_at": "2026-01-01T00:00:00"}))  # its flock died with it
     rc = main(["--space", SPACE, "--results", str(tmp_path), "--address", ray_session,
                "--experiment", "s"])
     _, err = capsys.readouterr()
     assert rc == 0, err
-    assert f"took over the stale lock of pid {dead.pid}" in err
+    assert f"took over the lock left by pid {dead.pid}" in err
     assert not lock.exists()  # released at the end
 
 
-def test_lock_judges_pid_reuse_and_other_hosts(tmp_path: Path) -> None:
+_HOLD = """
+import sys, time
+from pipeline.analysis.results import ExperimentLock
+lock = ExperimentLock(sys.argv[1], "holder")
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_lock_is_the_kernel_s_and_dies_with_its_holder(tmp_path: Path) -> None:
     path = str(tmp_path / "x.lock")
-    mine = ExperimentLock(path)
-    assert mine.acquire() is None
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, path], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockHeld, match=f"pid {holder.pid} on {socket.gethostname()}"):
+            ExperimentLock(path).acquire()
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock, the file stays
+        holder.wait()
+    assert Path(path).exists()
+    taker = ExperimentLock(path)
+    assert f"left by pid {holder.pid}" in (taker.acquire() or "")
+    again = ExperimentLock(path)  # held again, now by this process: refused too
     with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
-        ExperimentLock(path).acquire()  # a live holder
-    info = mine.holder()
-    assert info is not None and info["host"] == socket.gethostname()
-    # the same pid, started at another time: the pid was reused, the holder is gone
-    assert ExperimentLock.is_stale({**info, "pid_start": "0"})
-    assert not ExperimentLock.is_stale(info)
-    assert not ExperimentLock.is_stale({**info, "host": "elsewhere", "pid": 1})  # unknowable
-    mine.release()
+        again.acquire()
+    taker.release()
     assert not Path(path).exists()
+    assert ExperimentLock(path).acquire() is None  # a fresh file: nobody left it
 
 
 def test_resume_trusts_data_only_never_a_pickle(
@@ -205,3 +221,13 @@ def test_compaction_leaves_one_file_and_the_same_rows(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "s" / "trials" / "e").iterdir()] == ["compacted.parquet"]
     pd.testing.assert_frame_equal(store.read("trials"), before)
     assert not list((tmp_path / "s").rglob(".*"))  # no temporary folder left
+
+
+def test_compaction_keeps_every_int64_exact(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), "s", "e")
+    store.write_trial("p0-s0", [{"status": "completed", "replica": 0, "seed": 2**60 + 1}], [])
+    store.write_trial("p1-s0", [{"status": "completed", "replica": 0, "seed": None}], [])
+    assert store.compact()
+    import pyarrow.parquet as pq
+    seeds = pq.read_table(tmp_path / "s" / "trials" / "e" / "compacted.parquet").column("seed")
+    assert sorted(seeds.to_pylist(), key=str) == [2**60 + 1, None]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -205,12 +206,19 @@ class Store:
 
     # ----------------------------------------------------------------------------- writing
     def _write_bytes_atomic(self, path: str, write: Any) -> None:
+        """Write to a hidden temporary name, then rename; on a local disk the file is flushed
+        before the rename and the folder after it, so a power loss leaves the old state or the
+        new one, never an empty file (the journal, which Optuna flushes, never runs ahead)."""
         folder, _, name = path.rpartition("/")
         tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"
         self.fs.create_dir(folder, recursive=True)
         try:
             write(tmp)
+            if self.is_local:
+                _fsync(tmp)
             self.fs.move(tmp, path)
+            if self.is_local:
+                _fsync(folder)
         except BaseException:
             try:
                 self.fs.delete_file(tmp)
@@ -263,11 +271,14 @@ class Store:
     # ----------------------------------------------------------------------------- reading
     def read(self, table: str) -> pd.DataFrame:
         """This experiment's rows of ``table``, duplicates dropped."""
+        return self._read_arrow(table).to_pandas()
+
+    def _read_arrow(self, table: str) -> pa.Table:
         files = _tables_of(self.fs, self.folder(table))
         if not files:
-            return to_table([], TABLES[table]).to_pandas()
+            return to_table([], TABLES[table])
         data = ds.dataset(files, schema=TABLES[table], format="parquet", filesystem=self.fs)
-        return _dedupe(data.to_table().to_pandas(), table)
+        return _dedupe_arrow(data.to_table(), table)
 
     def trial_ids(self) -> set[str]:
         """Run ids (``trial_id``) of the runs already written (and so never run again)."""
@@ -361,18 +372,18 @@ class Store:
             files = _tables_of(self.fs, folder)
             if not files or files == [f"{folder}/{_COMPACTED}"]:
                 continue
-            rows = self.read(table)
-            arrow = pa.Table.from_pandas(rows, schema=TABLES[table], preserve_index=False)
+            arrow = self._read_arrow(table)  # in Arrow: int64 values never pass through float
             staging = f"{self.base}/{table}/.{self.experiment}.compact-{uuid.uuid4().hex}"
             os.makedirs(staging)
             pq.write_table(arrow, f"{staging}/{_COMPACTED}")
-            _fsync_dir(staging)
+            _fsync(f"{staging}/{_COMPACTED}")
+            _fsync(staging)
             try:
                 _exchange(staging, folder)
             except OSError:
                 shutil.rmtree(staging, ignore_errors=True)
                 return False
-            _fsync_dir(os.path.dirname(folder))
+            _fsync(os.path.dirname(folder))
             shutil.rmtree(staging)  # now the old per-run files
         return True
 
@@ -381,33 +392,16 @@ class LockHeld(Exception):
     """Another live process writes this experiment."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ExperimentLock:
-    """One writer per experiment: a lock file holding the writer's host, pid, process start
-    time, start date and command.
+    """One writer per experiment: an exclusive ``flock`` on a lock file that also names the
+    holder (host, pid, start date, command).
 
-    Taken with an atomic hard link (the file appears complete or not at all). A lock left by a
-    process that is gone (same host, and the pid is dead or now belongs to a process started at
-    another time) is stale and taken over; a live holder, or one on another host (which cannot
-    be checked from here), makes :meth:`acquire` raise :class:`LockHeld` naming it.
+    The kernel holds the lock for the holder's open file and drops it when the process ends,
+    however it ends (kill -9 included): there is no stale state to judge. A lock file whose lock
+    nobody holds is simply taken (its old content, the process that died, is reported). After
+    locking, the path is checked to still be the locked file (a releasing holder unlinks it), so
+    two processes never both hold it. Local file systems (and NFSv4, which maps ``flock`` to its
+    byte-range locks).
 
     Args:
         path: the lock file (a local path).
@@ -416,42 +410,30 @@ class ExperimentLock:
 
     def __init__(self, path: str, command: str = "") -> None:
         self.path, self.command = path, command
-        self.held = False
+        self._fd: int | None = None
         self._made: list[str] = []
 
-    def _mine(self) -> dict[str, Any]:
-        pid = os.getpid()
-        return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid),
-                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": self.command}
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def holder(self) -> dict[str, Any] | None:
-        """The lock's content, ``{}`` when unreadable, None when there is no lock."""
+        """The lock file's content, ``{}`` when unreadable, None when there is no lock file."""
         try:
             with open(self.path) as f:
-                return dict(json.load(f))
+                info = json.load(f)
+            return dict(info) if isinstance(info, dict) else {}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError):
             return {}
 
-    @staticmethod
-    def is_stale(info: Mapping[str, Any]) -> bool:
-        if not info:
-            return True  # unreadable: written by no version of this code, or cut by a crash
-        if info.get("host") != socket.gethostname():
-            return False
-        pid = int(info.get("pid", -1))
-        if pid <= 0 or not _alive(pid):
-            return True
-        start = _process_start(pid)
-        return start is not None and info.get("pid_start") not in (None, start)
-
     def acquire(self) -> str | None:
-        """Take the lock; returns a note when a stale lock was taken over.
+        """Take the lock; returns a note when it was left by a process that is gone.
 
         Raises:
             LockHeld: naming the live holder.
+            OSError: when the lock file cannot be created (a full disk, permissions).
         """
         folder = os.path.dirname(self.path)
         missing = []
@@ -460,58 +442,43 @@ class ExperimentLock:
             folder = os.path.dirname(folder)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._made = missing
-        mine = self._mine()
-        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(mine, f)
-            f.flush()
-            os.fsync(f.fileno())
-        note = None
         try:
-            for _ in range(3):
+            for _ in range(10):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
-                    os.link(tmp, self.path)
-                    self.held = True
-                    return note
-                except FileExistsError:
-                    pass
-                info = self.holder()
-                if info is None:
-                    continue  # released meanwhile
-                if not self.is_stale(info):
-                    self._remove_made()
-                    raise LockHeld(_describe_holder(self.path, info))
-                aside = f"{self.path}.stale-{uuid.uuid4().hex}"
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise LockHeld(_describe_holder(self.holder() or {})) from None
                 try:
-                    os.rename(self.path, aside)
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
+                    same = False
+                if not same:  # unlinked by a releasing holder meanwhile: lock the new file
+                    os.close(fd)
                     continue
-                with open(aside) as f:
-                    moved = f.read()
-                if info and moved and json.loads(moved) != info:  # not the one judged stale
-                    with contextlib.suppress(FileExistsError):
-                        os.link(aside, self.path)
-                    os.unlink(aside)
-                    continue
-                os.unlink(aside)
-                note = (f"took over the stale lock of pid {info.get('pid', '?')} on "
-                        f"{info.get('host', '?')} (started {info.get('started_at', '?')}): "
-                        f"that process is gone")
-            self._remove_made()
+                old = os.read(fd, 1 << 16)
+                mine = {"host": socket.gethostname(), "pid": os.getpid(),
+                        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "command": self.command}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(mine).encode(), 0)
+                os.fsync(fd)
+                self._fd = fd
+                return _left_by(old)
             raise LockHeld(f"could not take the lock {self.path}: it keeps changing hands")
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        except BaseException:
+            self._remove_made()
+            raise
 
     def release(self) -> None:
-        """Remove the lock (if this process holds it) and any folder made only for it that is
-        still empty."""
-        if self.held:
-            info = self.holder()
-            if info and info.get("pid") == os.getpid():
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-            self.held = False
+        """Remove the lock file and release the lock (if held), then any folder made only for
+        it that is still empty."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # while still locked: the next taker makes a new file
+            os.close(self._fd)
+            self._fd = None
         self._remove_made()
 
     def _remove_made(self) -> None:
@@ -521,11 +488,23 @@ class ExperimentLock:
         self._made = []
 
 
-def _describe_holder(path: str, info: Mapping[str, Any]) -> str:
+def _left_by(old: bytes) -> str | None:
+    """The note for a lock file left (unlocked) by a process that died."""
+    if not old.strip():
+        return None
+    try:
+        info = json.loads(old)
+    except ValueError:
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    return (f"took over the lock left by pid {info.get('pid', '?')} on {info.get('host', '?')} "
+            f"(started {info.get('started_at', '?')}): that process is gone")
+
+
+def _describe_holder(info: Mapping[str, Any]) -> str:
     where = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
     return (f"experiment is locked by {where} since {info.get('started_at', '?')} "
-            f"({info.get('command') or 'a sweep'}); if that process is gone for sure, remove "
-            f"{path}")
+            f"({info.get('command') or 'a sweep'}); wait for it, or stop it")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -555,7 +534,8 @@ def _check_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> None:
         raise ResultsError(f"corrupt results file {path}: {_first_line(exc)}") from None
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync(path: str) -> None:
+    """Flush a file or a folder to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -654,8 +634,13 @@ def record_rows(record: Mapping[str, Any], **meta: Any
     return rows, curves
 
 
-def _dedupe(df: pd.DataFrame, table: str) -> pd.DataFrame:
-    return df.drop_duplicates(subset=_KEYS[table], keep="last").reset_index(drop=True)
+def _dedupe_arrow(data: pa.Table, table: str) -> pa.Table:
+    """The last row of each key (run, replica[, phase, step]), in Arrow (no value is cast)."""
+    keys = data.select(_KEYS[table]).to_pandas()
+    keep = ~keys.duplicated(keep="last")
+    if bool(keep.all()):
+        return data
+    return data.take(pa.array(keep.to_numpy().nonzero()[0]))
 
 
 def load(space: str, table: str = "trials", *, results: str = "results",
@@ -687,4 +672,4 @@ def load(space: str, table: str = "trials", *, results: str = "results",
     if experiments is not None:
         names = [experiments] if isinstance(experiments, str) else list(experiments)
         flt = ds.field("experiment").isin(names)
-    return _dedupe(data.to_table(filter=flt).to_pandas(), table)
+    return _dedupe_arrow(data.to_table(filter=flt), table).to_pandas()

@@ -40,15 +40,16 @@ logger = logging.getLogger("ray.tune.warmup_sweep")
 
 
 def outcome(trial: Trial, *, error: bool = False, pruned: bool = False) -> str | None:
-    """The status of an ended trial: its record's status, ``pruned`` (stopped by the pruner
+    """The status of an ended trial: its record's status (once its final report arrived),
+    ``pruned`` (stopped by the pruner
     before its final report), ``error`` (the process died beyond the retries), or None: stopped
     without an outcome (an interrupt, or a halt after a failed write), so not recorded; the run
     stays open in its study and the next ``--resume`` runs it again."""
+    result = trial.last_result or {}
+    if result.get("phase") == "final":  # the record arrived: that is the outcome, even if the
+        return str(result.get("status"))  # process died right after sending it
     if error:
         return "error"
-    result = trial.last_result or {}
-    if result.get("phase") == "final":
-        return str(result.get("status"))
     return "pruned" if pruned else None
 
 
@@ -179,7 +180,8 @@ class ResultsWriter(tune.Callback):
             if error:
                 record["error"] = _error_text(trial)
         objective = result.get("objective") if status == "completed" else None
-        meta = {"point": trial.config.get(f"{META_PREFIX}point"),
+        meta = {"status": status,  # the row says what Optuna is told
+                "point": trial.config.get(f"{META_PREFIX}point"),
                 "study": trial.config.get(f"{META_PREFIX}study"),
                 "optuna_trial": trial.config.get(f"{META_PREFIX}optuna_trial"),
                 "sample": trial.config.get(f"{META_PREFIX}sample"),

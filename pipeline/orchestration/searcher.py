@@ -42,8 +42,9 @@ from ray.tune.search import Searcher
 from pipeline.orchestration.trainable import META_PREFIX
 from search_spaces.space import Choice, LogUniform, SearchSpace, Uniform, point_key
 
-__all__ = ["PRUNERS", "SAMPLERS", "PointStudySearcher", "Reconciliation", "Run", "check_journal",
-           "journal_lock", "make_pruner", "make_sampler", "parse_run_id", "repair_journal", "study_states"]
+__all__ = ["PRUNERS", "SAMPLERS", "MendingJournalBackend", "PointStudySearcher", "Reconciliation",
+           "Run", "check_journal", "journal_lock", "make_pruner", "make_sampler", "parse_run_id",
+           "repair_journal", "study_states"]
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -197,7 +198,7 @@ class PointStudySearcher(Searcher):
     def storage(self) -> JournalStorage:
         if self._storage is None:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            self._storage = JournalStorage(JournalFileBackend(self.journal))
+            self._storage = JournalStorage(MendingJournalBackend(self.journal))
         return self._storage
 
     def study(self, i: int) -> optuna.Study:
@@ -323,8 +324,10 @@ class PointStudySearcher(Searcher):
             return False
         if trial_id in self.pruned:
             return True
+        if trial_id not in self.reported:
+            return False  # told already (its row is written): a late retry reports nothing
         run, number = self.trials[trial_id]
-        seen = self.reported.setdefault(trial_id, set())
+        seen = self.reported[trial_id]
         trial = optuna.Trial(self.study(run.point), self._storage_id(run, number))
         if step not in seen:
             trial.report(value, step)
@@ -419,15 +422,21 @@ def check_journal(path: str) -> None:
 
 
 def repair_journal(path: str) -> int:
-    """Cut an incomplete last line (a write interrupted by a kill or a full disk) off the journal.
+    """Cut an incomplete last line (a write interrupted by a kill or a full disk) off the journal,
+    under Optuna's own lock of it. Returns the bytes removed.
 
     Such a line was never acknowledged to the sweep, so dropping it loses nothing the record
     relies on: the reconciliation of a resume re-tells what it held. Only the last line, and only
-    when it lacks its newline; anything else stays for :func:`check_journal` to refuse. Returns
-    the bytes removed.
+    when it lacks its newline; anything else stays for :func:`check_journal` to refuse.
     """
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         return 0
+    with journal_lock(path):
+        return _cut_tail(path)
+
+
+def _cut_tail(path: str) -> int:
+    """Truncate ``path`` after its last newline (the caller holds the journal's lock)."""
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
@@ -440,11 +449,47 @@ def repair_journal(path: str) -> int:
         tail = f.read(back)
         if tail.rfind(b"\n") < 0 and back < size:
             raise ValueError(f"corrupt results file {path}: its last line is over 1 MiB long")
-        cut = tail.rfind(b"\n") + 1  # 0 when the whole (short) file is the cut line
-        keep = size - back + cut
+        keep = size - back + tail.rfind(b"\n") + 1  # 0 when the whole file is one cut line
         f.truncate(keep)
         os.fsync(f.fileno())
     return size - keep
+
+
+class MendingJournalBackend(JournalFileBackend):
+    """Optuna's journal file, written so that no writer ever appends after a cut line.
+
+    Several experiments of a space share one journal. A line cut by a kill or a full disk would
+    become corrupt the moment another writer appended after it, and then every experiment of the
+    space would be unreadable. So each append, under Optuna's lock of the file, first cuts a
+    cut last line (never acknowledged to anyone), and a write that fails is truncated back.
+    Reading is Optuna's own.
+    """
+
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)
+        self._path = file_path
+        self._guard = JournalFileSymlinkLock(file_path)  # the same lock file Optuna's use
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
+        self._guard.acquire()
+        try:
+            _cut_tail(self._path)
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
+        finally:
+            self._guard.release()
 
 
 def study_states(journal: str, names: Sequence[str]) -> dict[str, int]:

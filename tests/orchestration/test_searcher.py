@@ -220,3 +220,43 @@ def test_every_sampler_and_pruner_runs(tmp_path: Path, sampler: str, pruner: str
     assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     if pruner == "none":
         assert set(states) == {TrialState.COMPLETE}
+
+
+def test_a_trial_told_already_reports_nothing_more(tmp_path: Path) -> None:
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t0")
+    searcher.finish("t0", "completed", 1.0)
+    assert searcher.report("t0", 3, 2.0) is False  # a late retry of a recorded run
+    assert searcher.study(0).get_trials()[0].intermediate_values == {}
+
+
+def test_the_journal_never_gets_an_append_after_a_cut_line(tmp_path: Path) -> None:
+    from optuna.storages import JournalStorage
+
+    from pipeline.orchestration.searcher import MendingJournalBackend, check_journal
+    path = str(tmp_path / "j.journal")
+    study = optuna.create_study(study_name="a", storage=JournalStorage(MendingJournalBackend(path)))
+    study.tell(study.ask(), 1.0)
+    with open(path, "ab") as f:
+        f.write(b'{"op_code": 6, "trial_id": 0, "val')  # another experiment's writer, killed
+    with pytest.raises(ValueError, match="incomplete"):
+        check_journal(path)
+    again = optuna.load_study(study_name="a", storage=JournalStorage(MendingJournalBackend(path)))
+    again.tell(again.ask(), 2.0)  # the append first cuts the dead writer's line
+    check_journal(path)
+    assert [t.value for t in optuna.load_study(
+        study_name="a", storage=JournalStorage(MendingJournalBackend(path))).trials] == [1.0, 2.0]
+
+
+def test_outcome_is_the_record_once_it_arrived_even_if_the_process_died() -> None:
+    from pipeline.orchestration.callbacks import outcome
+
+    class Ended:
+        def __init__(self, last: dict[str, Any]) -> None:
+            self.last_result = last
+
+    final = {"phase": "final", "status": "completed"}
+    assert outcome(Ended(final), error=True) == "completed"
+    assert outcome(Ended({"phase": "train", "step": 2}), error=True) == "error"
+    assert outcome(Ended({"phase": "train", "step": 2}), pruned=True) == "pruned"
+    assert outcome(Ended({"phase": "train", "step": 2})) is None  # interrupted: not recorded
