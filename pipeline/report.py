@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.analysis.report import build_report, load_table
+from pipeline.analysis.report import build_report, load_table, one_protocol
 from pipeline.analysis.results import NAME, ResultsError, writable_folder
 
 
@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: <results>/<space>/report)")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="error below which a length counts as learned (default 0.1)")
+    p.add_argument("--protocol", default=None,
+                   help="only the rows of this protocol (the trials' `protocol` column); needed "
+                        "when the experiments held different things fixed")
+    p.add_argument("--smoke", action="store_true",
+                   help="report the --smoke runs (kept apart from full runs by default)")
     p.add_argument("--select", choices=["best", "all"], default="best",
                    help="per point: the best nuisance setting by validation loss, or all trials")
     return p
@@ -42,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"'.', '_', '-'), not a path")
         out = Path(args.out or Path(args.results) / args.space / "report")
         writable_folder(str(out.absolute()), "--out")
-        trials = load_table(args.results, args.space, "trials", args.experiment)
+        trials = one_protocol(load_table(args.results, args.space, "trials", args.experiment),
+                              protocol=args.protocol, smoke=args.smoke)
         curves = load_table(args.results, args.space, "curves", args.experiment)
+        curves = curves[curves.set_index(["experiment", "trial_id"]).index.isin(
+            trials.set_index(["experiment", "trial_id"]).index)]
         path = build_report(trials, curves, out, space=args.space, threshold=args.threshold,
                             select=args.select, source=str(Path(args.results) / args.space))
     except (ValueError, ResultsError, OSError) as exc:

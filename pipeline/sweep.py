@@ -444,7 +444,10 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
                  f"results in {store.base}")
         t0 = time.monotonic()
         halt = Halt()
-        writer = ResultsWriter(settings["results"], space.name, exp, provenance(), searcher, halt)
+        protocol = {"protocol": space.protocol(smoke=bool(settings["smoke"])),
+                    "smoke": bool(settings["smoke"])}
+        writer = ResultsWriter(settings["results"], space.name, exp, {**provenance(), **protocol},
+                               searcher, halt)
         progress = Progress(searcher.total, list(space.nuisance), space.metric,
                             done=rec.recorded, writer=writer)
         if searcher.remaining:
@@ -517,6 +520,7 @@ def _settings(args: argparse.Namespace, space: SearchSpace, exp: str, store: Sto
             "results": store.root, "storage": storage, "journal": journal,
             "points": len(points), "trials": len(points) * space.samples_per_point,
             "studies": [f"{exp}/{point_key(p)}" for p in points],
+            "protocol": space.protocol(smoke=bool(_opt(args, "smoke"))),
             "definition": json.loads(json.dumps(space.describe(), default=str)),
             **provenance()}
 

@@ -229,6 +229,24 @@ class SearchSpace:
         for flat in self.example_configs(seed=seed):
             TrialConfig.from_dict(flat)
 
+    def protocol(self, *, smoke: bool) -> str:
+        """The protocol's identity: a short hash of everything a run holds fixed (every config
+        key that is neither scientific nor nuisance, defaults filled in, placement (device, data
+        folder) aside; the seeds per trial; the
+        objective and its metric; the smoke flag). Rows with the same protocol can be compared;
+        rows with different ones must never be pooled (a hidden size of 8 and of 256)."""
+        import hashlib
+        import json
+
+        varied = set(self.scientific) | set(self.nuisance) | {"seed", "device", "task.data_dir"}
+        fixed = {k: v for k, v in TrialConfig().to_dict().items() if k not in varied}
+        fixed.update({k: coerce(k, v) for k, v in self.fixed.items() if k not in varied})
+        fixed.pop("replicas", None)
+        body = {"fixed": fixed, "seeds": self.seeds, "objective": self.objective,
+                "metric": self.metric, "mode": self.mode, "smoke": bool(smoke)}
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:10]
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (for experiment.json and --dry-run)."""
         def dist(d: Distribution) -> dict[str, Any]:

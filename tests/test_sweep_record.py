@@ -173,7 +173,7 @@ def test_pruned_rows_carry_the_whole_config_and_every_row_its_provenance(
         assert (rows[key] == defaults[key]).all(), key
     assert str(rows["vaa.estimates"].dtype) == "int64"
     for col in ("git_sha", "numpy_version", "pyarrow_version", "torch_version", "cpu_model",
-                "tune_trial_id", "sample"):
+                "tune_trial_id", "sample", "protocol", "smoke"):
         assert rows[col].notna().all(), col
     assert sorted(rows["trial_id"]) == sorted(f"p0-s{s}" for s in range(10))
 

@@ -77,6 +77,52 @@ def load_table(results: str | Path, space: str, name: str,
     return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
 
 
+def one_protocol(trials: pd.DataFrame, *, protocol: str | None = None,
+                 smoke: bool = False) -> pd.DataFrame:
+    """The rows of one protocol, so that a report never pools runs that held different things
+    fixed (a hidden size of 8 with one of 256, a smoke run with a full one).
+
+    Smoke runs are kept apart: without ``smoke`` they are dropped, with it only they are kept.
+    Rows written before protocols were recorded form the protocol ``unrecorded``.
+
+    Raises:
+        ValueError: when the rows hold several protocols and ``protocol`` picks none, naming
+            each protocol's experiments and the fixed keys that differ; or when nothing is left.
+    """
+    df = trials
+    if "smoke" in df:
+        flag = df["smoke"].astype("boolean").fillna(False).astype(bool)
+        kept = df[flag] if smoke else df[~flag]
+        if kept.empty:
+            other = "only smoke runs: pass --smoke" if not smoke else "no smoke runs"
+            raise ValueError(f"the trials table holds {other}")
+        df = kept
+    ids = (df["protocol"].astype("string").fillna("unrecorded") if "protocol" in df
+           else pd.Series("unrecorded", index=df.index, dtype="string"))
+    if protocol is not None:
+        if not (ids == protocol).any():
+            raise ValueError(f"no rows of protocol {protocol!r}; the table holds "
+                             f"{', '.join(sorted(ids.unique()))}")
+        return df[ids == protocol]
+    groups = sorted(ids.unique())
+    if len(groups) == 1:
+        return df
+    from pipeline.core.config import TrialConfig  # stdlib-only module
+
+    keys = [k for k in TrialConfig.keys() if k in df.columns]
+    per = df.groupby(ids)[keys].nunique(dropna=False)
+    constant = [k for k in keys if (per[k] <= 1).all()]
+    firsts = df.groupby(ids)[constant].first()
+    differ = [k for k in constant if firsts[k].nunique(dropna=False) > 1]
+    parts = []
+    for g in groups:
+        exps = ", ".join(sorted(df.loc[ids == g, "experiment"].astype(str).unique()))
+        shown = " ".join(f"{k}={firsts.loc[g, k]}" for k in differ[:4])
+        parts.append(f"{g} (experiments {exps}{'; ' + shown if shown else ''})")
+    raise ValueError(f"the trials mix {len(groups)} protocols, which a report never pools: "
+                     f"{'; '.join(parts)}; choose one with --protocol ID (or --experiment)")
+
+
 def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     """Add the columns ``length``, ``test_error``, ``arm_steps``, ``arm_fraction`` and ``arm``.
 

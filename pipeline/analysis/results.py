@@ -59,7 +59,7 @@ TRIALS_SCHEMA = pa.schema(
     [("space", pa.string()), ("experiment", pa.string()), ("trial_id", pa.string()),
      ("replica", pa.int64()), ("point", pa.string()), ("sample", pa.int64()),
      ("study", pa.string()), ("optuna_trial", pa.int64()), ("tune_trial_id", pa.string()),
-     ("status", pa.string()), ("error", pa.string()),
+     ("protocol", pa.string()), ("smoke", pa.bool_()), ("status", pa.string()), ("error", pa.string()),
      ("diverged_phase", pa.string()), ("diverged_step", pa.int64()), ("objective", pa.float64())]
     + [(key, _ARROW[field_type(key)]) for key in TrialConfig.keys()]
     + [(k, pa.float64()) for k in ("vaa_init", "vaa_star_init", "vaa_warm", "vaa_star_warm",
@@ -78,6 +78,8 @@ TRIALS_SCHEMA = pa.schema(
 """One row per run (per seed when ``replicas > 1``). ``trial_id`` is the run's stable identity,
 ``p<point>-s<sample>`` (the point's index in grid order, the sample's index at that point): a
 rerun after a crash replaces, never adds; ``tune_trial_id`` names the Tune trial that ran it last.
+``protocol`` identifies what the run held fixed (:meth:`search_spaces.space.SearchSpace.protocol`)
+and ``smoke`` whether it was a ``--smoke`` run: rows of different protocols are never pooled.
 ``objective`` is the value told to the
 trial's Optuna study (the best validation loss of a completed trial; null otherwise); ``device``
 holds the device the trial actually ran on (the record's value, e.g. ``cpu``), not ``auto``;

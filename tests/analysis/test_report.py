@@ -324,3 +324,31 @@ def test_report_imports_neither_torch_nor_ray() -> None:
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parents[2])
+
+
+def test_two_protocols_are_never_pooled_and_smoke_runs_kept_apart(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    trials, curves = _tables()
+    small = trials["experiment"] == "exp2"
+    trials["protocol"] = "aaaa"
+    trials.loc[small, "protocol"] = "bbbb"
+    trials["model.hidden_size"] = 256
+    trials.loc[small, "model.hidden_size"] = 8
+    trials["smoke"] = False
+    smoke = trials.head(3).assign(experiment="smk", protocol="cccc", smoke=True)
+    for name, df in (("trials", pd.concat([trials, smoke])), ("curves", curves)):
+        (tmp_path / "toy" / name).mkdir(parents=True)
+        df.to_parquet(tmp_path / "toy" / name / "part-0.parquet", index=False)
+    argv = ["--space", "toy", "--results", str(tmp_path)]
+    assert report_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mix 2 protocols" in err  # the smoke run is not a third
+    assert "aaaa (experiments exp1; model.hidden_size=256)" in err
+    assert "bbbb (experiments exp2; model.hidden_size=8)" in err
+    assert report_cli.main([*argv, "--protocol", "bbbb"]) == 0, capsys.readouterr().err
+    text = (tmp_path / "toy" / "report" / "report.md").read_text()
+    assert "`exp2`" in text and "`exp1`" not in text
+    picked = report.one_protocol(pd.concat([trials, smoke]), smoke=True)
+    assert set(picked["experiment"]) == {"smk"}
+    with pytest.raises(ValueError, match="only smoke runs: pass --smoke"):
+        report.one_protocol(smoke)
