@@ -46,13 +46,9 @@ from pipeline.analysis.results import (
 )
 from pipeline.core.config import MNIST_TASKS, TrialConfig, coerce, parse_sets
 from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
+from pipeline.orchestration.journal import check_journal, repair_journal
 from pipeline.orchestration.scheduler import OptunaPruningScheduler
-from pipeline.orchestration.searcher import (
-    PointStudySearcher,
-    check_journal,
-    make_sampler,
-    repair_journal,
-)
+from pipeline.orchestration.searcher import PointStudySearcher, make_sampler
 from pipeline.orchestration.session import BadInput, check_resources, connect, quiet_logs
 from pipeline.orchestration.trainable import make_trainable
 from search_spaces.space import SearchSpace, estimate_core_hours, point_key, trial_memory_bytes

@@ -83,7 +83,7 @@ def test_only_orchestration_and_the_sweep_command_import_ray_or_optuna() -> None
 
 def test_the_top_level_holds_the_commands_alone() -> None:
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "report", "reproduction", "sweep", "trial"]
+    assert top == ["__init__", "report", "reproduction", "status", "sweep", "trial"]
 
 
 def test_modules_moved_by_the_layout_still_import_under_their_old_names() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.orchestration.searcher import study_states
+from pipeline.orchestration.journal import study_states
 from pipeline.sweep import main
 
 SUPPORT = "tests.analytic"

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.analysis.results import ExperimentLock, LockHeld, Store, git_sha
 from pipeline.core.config import TrialConfig
-from pipeline.orchestration.searcher import check_journal, repair_journal
+from pipeline.orchestration.journal import check_journal, repair_journal
 from pipeline.sweep import main
 from tests.test_sweep_faults import audit
 

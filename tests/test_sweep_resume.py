@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline.analysis.results import Store
-from pipeline.orchestration.searcher import study_states
+from pipeline.orchestration.journal import study_states
 from pipeline.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]

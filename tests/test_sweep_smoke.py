@@ -12,7 +12,7 @@ import pytest
 import search_spaces
 from pipeline.analysis.results import CURVES_SCHEMA, TRIALS_SCHEMA, load
 from pipeline.core.config import TrialConfig
-from pipeline.orchestration.searcher import study_states
+from pipeline.orchestration.journal import study_states
 from pipeline.sweep import main
 
 

@@ -233,7 +233,7 @@ def test_a_trial_told_already_reports_nothing_more(tmp_path: Path) -> None:
 def test_the_journal_never_gets_an_append_after_a_cut_line(tmp_path: Path) -> None:
     from optuna.storages import JournalStorage
 
-    from pipeline.orchestration.searcher import MendingJournalBackend, check_journal
+    from pipeline.orchestration.journal import MendingJournalBackend, check_journal
     path = str(tmp_path / "j.journal")
     study = optuna.create_study(study_name="a", storage=JournalStorage(MendingJournalBackend(path)))
     study.tell(study.ask(), 1.0)
