@@ -36,6 +36,10 @@ def get(name: str) -> SearchSpace:
             raise ValueError(f"cannot load space {name!r}: {exc}") from None
     elif name in names():
         space = importlib.import_module(f"search_spaces.{name}").SPACE
+        if isinstance(space, SearchSpace) and space.name != name:
+            raise ValueError(f"search_spaces/{name}.py defines a space named {space.name!r}: a "
+                             f"copied file needs its own name (name={name!r}), or it would write "
+                             f"into results/{space.name}")
     else:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(names())}")
     if not isinstance(space, SearchSpace):

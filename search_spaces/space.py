@@ -158,10 +158,21 @@ class SearchSpace:
     # ----------------------------------------------------------------------------- variants
     def smoke_version(self) -> SearchSpace:
         """The ``--smoke`` variant: tiny fixed protocol, a small grid, few samples."""
-        sci = {k: tuple(self.smoke.scientific.get(k, v)) for k, v in self.scientific.items()}
+        sci = {k: self._smoke_values(k) for k in self.scientific}
         return dataclasses.replace(self, scientific=sci, fixed={**self.fixed, **self.smoke.fixed},
                                    samples_per_point=self.smoke.samples_per_point,
                                    seeds=self.smoke.seeds)
+
+    def _smoke_values(self, key: str) -> tuple[Any, ...]:
+        """The smoke run's values of a scientific key. Numbers may be replaced (a shorter T);
+        a categorical key (a cell, a task) keeps the space's own values: a smoke block copied
+        from another space never runs cells this space does not study."""
+        own = tuple(self.scientific[key])
+        smoke = tuple(self.smoke.scientific.get(key, own))
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in own + smoke):
+            return smoke
+        kept = tuple(v for v in smoke if v in own)
+        return kept or own[:max(1, len(smoke))]
 
     def with_sets(self, sets: Mapping[str, Any]) -> SearchSpace:
         """Apply ``--set key=value``: a scientific key is pinned to that one value, a nuisance key

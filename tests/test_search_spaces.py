@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 import search_spaces
@@ -96,3 +99,29 @@ def test_cost_estimate_grows_with_the_protocol() -> None:
     full = estimate_core_hours(search_spaces.get("copy_task"))
     smoke = estimate_core_hours(search_spaces.get("copy_task").smoke_version())
     assert 0 < smoke < 0.1 < full
+
+
+def test_a_copied_space_file_must_carry_its_own_name() -> None:
+    import search_spaces
+    folder = Path(search_spaces.__file__).parent
+    copy = folder / "zz_copy_test.py"
+    copy.write_text((folder / "copy_task.py").read_text())  # name="copy_task" left as it was
+    try:
+        with pytest.raises(ValueError, match="defines a space named 'copy_task'"):
+            search_spaces.get("zz_copy_test")
+    finally:
+        copy.unlink()
+        sys.modules.pop("search_spaces.zz_copy_test", None)
+
+
+def test_smoke_keeps_the_space_s_own_cells() -> None:
+    import dataclasses
+
+    import search_spaces
+    base = search_spaces.get("copy_task")  # smoke block: gru, brc; T 10, 20
+    mine = dataclasses.replace(base, name="mgu_copy",
+                               scientific={**base.scientific, "model.cell": ("mgu", "lstm")})
+    smoke = mine.smoke_version()
+    assert smoke.scientific["model.cell"] == ("mgu", "lstm")  # not the copied gru, brc
+    assert smoke.scientific["task.seq_len"] == (10, 20)       # numbers: the smoke's own
+    assert base.smoke_version().scientific["model.cell"] == ("gru", "brc")
