@@ -26,32 +26,20 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-import optuna
-import ray
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from ray import tune
+from typing import TYPE_CHECKING, Any
 
 import search_spaces
-from pipeline.analysis.results import (
-    NAME,
-    ExperimentLock,
-    LockHeld,
-    ResultsError,
-    Store,
-    provenance,
-    writable_folder,
-)
-from pipeline.core.config import MNIST_TASKS, TrialConfig, coerce, parse_sets
-from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
-from pipeline.orchestration.journal import check_journal, repair_journal
-from pipeline.orchestration.scheduler import OptunaPruningScheduler
-from pipeline.orchestration.searcher import PointStudySearcher, make_sampler
-from pipeline.orchestration.session import BadInput, check_resources, connect, quiet_logs
-from pipeline.orchestration.trainable import make_trainable
+from pipeline.core.config import MNIST_TASKS, TrialConfig, coerce, did_you_mean, parse_sets
+from pipeline.orchestration.session import BadInput
 from search_spaces.space import SearchSpace, estimate_core_hours, point_key, trial_memory_bytes
+
+if TYPE_CHECKING:
+    from pipeline.analysis.results import Store
+    from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
+    from pipeline.orchestration.searcher import PointStudySearcher
+
+# Ray, Optuna, pandas and pyarrow are imported where they are used: --help, --list-spaces,
+# --dry-run and bad input answer without them (well under a second).
 
 __all__ = ["main"]
 
@@ -59,6 +47,10 @@ __all__ = ["main"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
+        if message.startswith("unrecognized arguments: "):
+            word = message.split(": ", 1)[1].split()[0]
+            options = [o for a in self._actions for o in a.option_strings]
+            message += did_you_mean(word.split("=")[0], options)
         raise BadInput(message)
 
 
@@ -67,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--space", help="search space name (see --list-spaces) or module:attribute")
     a("--experiment", help="experiment name (default: SPACE-YYYYmmdd-HHMMSS)")
-    a("--num-samples", type=int, help="trials (nuisance samples) per scientific point")
+    a("--num-samples", type=int,
+      help="trials (nuisance samples) per scientific point (default: the space's)")
     a("--max-concurrent", type=int, help="at most this many trials at once (default: resources)")
     a("--cpus-per-trial", type=float, help="CPU share per trial = its torch threads (default 1)")
     a("--gpus-per-trial", type=float,
-      help="GPU share per trial (0.25 packs four); only requested when the cluster has GPUs")
+      help="GPU share per trial (0.25 packs four; default 0); only requested when the cluster "
+           "has GPUs")
     a("--address", default=os.environ.get("RAY_ADDRESS"),
       help="Ray cluster to join (default $RAY_ADDRESS; none: start a local Ray)")
     a("--storage", help="Tune state folder or URI, shared by all nodes on a cluster "
@@ -81,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
       help="pin a config key: a scientific key to one value, a nuisance key untuned")
     a("--seed", type=int, help="seeds the samplers and the trials (default 0)")
-    a("--sampler", choices=("tpe", "random", "qmc"), help="default tpe")
-    a("--pruner", choices=("median", "halving", "hyperband", "none"), help="default median")
+    a("--sampler", choices=("tpe", "random", "qmc"),
+      help="the per-point Optuna sampler (default tpe; TPE samples at random for its first 10 "
+           "trials, so with 10 or fewer samples per point it is random search)")
+    a("--pruner", choices=("median", "halving", "hyperband", "none"),
+      help="the per-point Optuna pruner (default median)")
     a("--max-failures", type=int, help="retries of a trial whose process died (default 2)")
     a("--smoke", action="store_true", default=None, help="a tiny sweep: minutes on 2 CPU cores")
     a("--dry-run", action="store_true", help="print the grid, trial count and cost; run nothing")
@@ -173,6 +170,18 @@ def epochs_of(space: SearchSpace) -> int:
     return max(TrialConfig.from_dict(c).train.epochs for c in space.example_configs())
 
 
+TPE_STARTUP = 10
+"""Optuna's TPESampler draws its first ``n_startup_trials`` (10 by default) at random."""
+
+
+def sampler_note(sampler: str, space: SearchSpace) -> str:
+    """The sampler's name, and what it actually does at this budget."""
+    if sampler == "tpe" and space.samples_per_point <= TPE_STARTUP:
+        return (f"tpe (random search here: TPE draws its first {TPE_STARTUP} trials at random and "
+                f"each point has {space.samples_per_point})")
+    return sampler
+
+
 def print_plan(space: SearchSpace, args: argparse.Namespace) -> None:
     """The --dry-run output: the scientific grid, the trial count and an estimated cost."""
     points = space.points()
@@ -185,8 +194,8 @@ def print_plan(space: SearchSpace, args: argparse.Namespace) -> None:
     for p in points:
         print("  " + "  ".join(str(p[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
     for key, dist in space.nuisance.items():
-        print(f"nuisance {key} ~ {dist} (one {_opt(args, 'sampler')} study per point, "
-              f"{_opt(args, 'pruner')} pruner)")
+        print(f"nuisance {key} ~ {dist} (one {sampler_note(_opt(args, 'sampler'), space)} "
+              f"study per point, {_opt(args, 'pruner')} pruner)")
     print("fixed " + " ".join(f"{k}={v}" for k, v in space.fixed.items()))
     hours = estimate_core_hours(space)
     cores = os.cpu_count() or 1
@@ -204,6 +213,11 @@ def fit(space: SearchSpace, args: argparse.Namespace, searcher: PointStudySearch
         writer: ResultsWriter, halt: Halt, progress: Progress, settings: dict[str, Any],
         run_name: str) -> None:
     """Run the runs the searcher has queued, in a fresh Tune experiment ``run_name``."""
+    from ray import tune
+
+    from pipeline.orchestration.scheduler import OptunaPruningScheduler
+    from pipeline.orchestration.trainable import make_trainable
+
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record
     definition = settings["definition"]
     trainable = make_trainable(objective=definition["objective"], metric=definition["metric"],
@@ -233,6 +247,8 @@ def fit(space: SearchSpace, args: argparse.Namespace, searcher: PointStudySearch
 
 # --------------------------------------------------------------------------------------- running
 def _experiment_name(args: argparse.Namespace, space: SearchSpace) -> str:
+    from pipeline.analysis.results import NAME
+
     given = args.resume if args.resume is not None else args.experiment
     name = given if given is not None else \
         f"{space.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
@@ -289,6 +305,10 @@ def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> Search
 
 def _check_new(exp: str, store: Store, storage: str, journal: str) -> None:
     """A new experiment reuses nothing of an old one of the same name (rows, studies, state)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
     found = store.traces()
     if os.path.exists(journal):
         storage_ = JournalStorage(JournalFileBackend(journal))
@@ -315,6 +335,8 @@ def _run_name(exp: str, storage: str, resume: bool) -> str:
 
 def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
     """Validate the environment, then run (or resume) the experiment. Returns the exit status."""
+    from pipeline.analysis.results import ExperimentLock, LockHeld, ResultsError, Store
+
     resume = args.resume is not None
     exp = _experiment_name(args, space or search_spaces.get(args.space))
     try:
@@ -359,6 +381,14 @@ def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
 
 def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, store: Store,
                 settings: dict[str, Any] | None) -> int:
+    import ray
+
+    from pipeline.analysis.results import ResultsError, provenance, writable_folder
+    from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
+    from pipeline.orchestration.journal import check_journal, repair_journal
+    from pipeline.orchestration.searcher import PointStudySearcher, make_sampler
+    from pipeline.orchestration.session import check_resources, connect, quiet_logs
+
     resume = settings is not None
     try:
         store.check_readable()
@@ -436,8 +466,8 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
                  f"to run{'; ' + extra if extra else ''}")
         else:
             _say(f"experiment {exp}: {settings['trials']} trials "
-                 f"({settings['points']} points x {space.samples_per_point}); "
-                 f"results in {store.base}")
+                 f"({settings['points']} points x {space.samples_per_point}; "
+                 f"{sampler_note(settings['sampler'], space)}); results in {store.base}")
         t0 = time.monotonic()
         halt = Halt()
         protocol = {"protocol": space.protocol(smoke=bool(settings["smoke"])),
@@ -505,6 +535,8 @@ def _say(line: str) -> None:
 def _settings(args: argparse.Namespace, space: SearchSpace, exp: str, store: Store, storage: str,
               journal: str, cpus: float, gpus: float) -> dict[str, Any]:
     """The experiment.json content: command, resolved settings, space, seed, versions."""
+    from pipeline.analysis.results import provenance
+
     points = space.points()
     return {"experiment": exp, "space": space.name, "plan": PLAN_FORMAT, "argv": sys.argv,
             "command": " ".join(["python -m pipeline.sweep", *(sys.argv[1:] if args.argv is None

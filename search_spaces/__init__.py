@@ -41,7 +41,9 @@ def get(name: str) -> SearchSpace:
                              f"copied file needs its own name (name={name!r}), or it would write "
                              f"into results/{space.name}")
     else:
-        raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(names())}")
+        from pipeline.core.config import did_you_mean
+        raise ValueError(f"unknown space {name!r}{did_you_mean(name, names())}; valid spaces: "
+                         f"{', '.join(names())}")
     if not isinstance(space, SearchSpace):
         raise ValueError(f"{name!r} is not a SearchSpace")
     return space

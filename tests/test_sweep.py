@@ -257,3 +257,36 @@ def test_gpu_request_without_gpus_warns_and_runs_on_cpu(
     assert rc == 0 and "warning: --gpus-per-trial 0.5 but the cluster has no GPUs" in err
     assert _settings(tmp_path, "analytic", "g")["gpus_per_trial"] == 0.0
     assert len(pd.read_parquet(tmp_path / "analytic" / "trials")) == 3
+
+
+def test_help_and_planning_load_neither_ray_optuna_nor_pandas() -> None:
+    """--help, --list-spaces and --dry-run answer fast: the heavy libraries load only to run."""
+    import subprocess
+    import sys
+    code = ("import sys; from pipeline.sweep import main; "
+            "main(['--space', 'copy_task', '--smoke', '--dry-run']); "
+            "print(sorted(m for m in ('ray', 'optuna', 'pandas', 'pyarrow', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--space", "copy_task", "--set", "model.celll=gru"], "did you mean 'model.cell'?"),
+    (["--space", "copy_tsk"], "did you mean 'copy_task'?"),
+    (["--space", "copy_task", "--seeed", "3"], "did you mean '--seed'?")])
+def test_mistypes_get_one_line_with_the_closest_name(
+        argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1
+
+
+def test_the_plan_says_what_the_sampler_really_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", "copy_task", "--dry-run"]) == 0
+    assert "tpe (random search here: TPE draws its first 10 trials at random and each point " \
+           "has 4)" in capsys.readouterr().out
+    assert main(["--space", "copy_task", "--dry-run", "--num-samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "one tpe study per point" in out

@@ -146,8 +146,7 @@ class TrialConfig:
         flat = dict(flat or {})
         unknown = sorted(k for k in flat if k not in _FIELDS)
         if unknown:
-            raise ValueError(
-                f"unknown config key {unknown[0]!r}; valid keys: {', '.join(_FIELDS)}")
+            raise ValueError(unknown_key(unknown[0]))
         sections: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
         for key, value in flat.items():
@@ -255,6 +254,21 @@ def _field_types() -> dict[str, Any]:
 _FIELDS: dict[str, Any] = _field_types()
 
 
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key(key: str) -> str:
+    """The message for an unknown config key: the closest key, else where they are listed."""
+    hint = did_you_mean(key, list(_FIELDS))
+    return (f"unknown config key {key!r}{hint}" if hint else
+            f"unknown config key {key!r}; the keys are listed in pipeline/core/config.py")
+
+
 def field_type(key: str) -> type:
     """The scalar Python type of a flat key (int, float, bool or str), Optional stripped."""
     t = _FIELDS[key]
@@ -275,7 +289,7 @@ def coerce(key: str, value: Any) -> Any:
         ValueError: naming the key, the value and the expected type.
     """
     if key not in _FIELDS:
-        raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(_FIELDS)}")
+        raise ValueError(unknown_key(key))
     t = field_type(key)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
         if is_optional(key):

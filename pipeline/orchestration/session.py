@@ -14,8 +14,6 @@ import sys
 import time
 from typing import Any
 
-import ray
-
 __all__ = ["BadInput", "check_resources", "connect", "quiet_logs", "reap_orphan_agents"]
 
 
@@ -123,6 +121,8 @@ def connect(address: str | None, *, verbose: bool) -> bool:
     Returns True when this call started (and so must stop) Ray. An already initialised Ray (a
     test session, a notebook) is used as it is.
     """
+    import ray  # here, not at the top: the sweep's --help and bad input stay fast
+
     if address and address not in ("auto", "local"):
         _check_reachable(address)
     if ray.is_initialized():
@@ -148,6 +148,8 @@ def connect(address: str | None, *, verbose: bool) -> bool:
 def check_resources(cpus: float, gpus: float) -> tuple[float, float]:
     """Refuse requests no node can satisfy (Tune would wait for them forever); drop a GPU request
     on a cluster without GPUs, with a warning. Returns the (cpus, gpus) to request."""
+    import ray  # here, not at the top: the sweep's --help and bad input stay fast
+
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     max_cpu = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
     max_gpu = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
