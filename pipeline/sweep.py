@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
     a("--resume", metavar="EXPERIMENT",
       help="finish an interrupted experiment of --space: exactly the runs without a row")
+    a("--progress-every", type=float, default=60.0, metavar="SECONDS",
+      help="when stdout is not a terminal, a progress line this often (default 60); on a "
+           "terminal the view is redrawn in place")
     a("--verbose", action="store_true", help="show Tune's own tables and Ray's log output")
     return p
 
@@ -129,6 +132,10 @@ def plan_space(args: argparse.Namespace) -> SearchSpace:
             if args.num_samples < 1:
                 raise ValueError(f"--num-samples must be >= 1 but got {args.num_samples}")
             space = dataclasses.replace(space, samples_per_point=args.num_samples)
+        every = getattr(args, "progress_every", 60.0)
+        if not (every > 0 and math.isfinite(every)):
+            raise ValueError(f"--progress-every must be a finite number of seconds > 0 but got "
+                             f"{every}")
         runs = len(space.points()) * space.samples_per_point
         if runs > MAX_RUNS:
             raise ValueError(f"{runs:,} runs ({len(space.points())} points x "
@@ -475,11 +482,13 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         writer = ResultsWriter(settings["results"], space.name, exp, {**provenance(), **protocol},
                                searcher, halt)
         progress = Progress(searcher.total, list(space.nuisance), space.metric,
-                            done=rec.recorded, writer=writer)
+                            epochs=epochs_of(space), done=rec.recorded, writer=writer,
+                            every_s=args.progress_every)
         if searcher.remaining:
             try:
                 fit(space, args, searcher, writer, halt, progress, settings,
                     _run_name(exp, storage, resume))
+                progress.close()
             except Exception as exc:  # noqa: BLE001 - Tune itself failed (its own disk writes)
                 logging.getLogger("ray.tune.warmup_sweep").warning("Tune failed", exc_info=True)
                 if writer.failure is None:

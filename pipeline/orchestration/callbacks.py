@@ -13,9 +13,11 @@ it again. Rows are named by the run's stable id (``p<point>-s<sample>``), so a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -214,26 +216,40 @@ class ResultsWriter(tune.Callback):
 
 
 class Progress(tune.Callback):
-    """One line per ended trial (status and metric) and a summary every ``every_s`` seconds.
+    """What a sweep shows while it runs: one line per recorded trial and a live view of the whole.
+
+    The view: runs done (by status) / running / pending, each running trial's epoch of its total,
+    the elapsed time, an ETA from the measured epoch times, and the best validation loss so far
+    per cell. On a terminal it is a ``tqdm`` bar redrawn in place (at most twice a second); when
+    stdout is not a terminal (a log, CI, a cluster job) it is a plain line every ``every_s``
+    seconds.
 
     Args:
-        total: trials in the sweep.
+        total: runs in the experiment.
         nuisance: nuisance keys shown on each line.
         metric: the metric's name; the line shows ``best_<metric>``.
-        done: trials already recorded before this run (a resumed experiment).
+        epochs: training epochs per trial (for "epoch k/N" and the ETA).
+        done: runs already recorded before this session (a resumed experiment).
         writer: the Parquet writer; only the trials it recorded get a line.
-        every_s: seconds between summaries.
+        every_s: seconds between plain lines (not on a terminal).
         out: where to print (stdout).
+        live: force the terminal view on or off (default: whether ``out`` is a terminal).
     """
 
-    def __init__(self, total: int, nuisance: Sequence[str], metric: str, *, done: int = 0,
-                 every_s: float = 60.0, out: TextIO | None = None,
-                 writer: ResultsWriter | None = None) -> None:
-        self.total, self.nuisance, self.metric = total, list(nuisance), metric
+    def __init__(self, total: int, nuisance: Sequence[str], metric: str, *, epochs: int = 0,
+                 done: int = 0, every_s: float = 60.0, out: TextIO | None = None,
+                 writer: ResultsWriter | None = None, live: bool | None = None) -> None:
+        self.total, self.nuisance, self.metric, self.epochs = total, list(nuisance), metric, epochs
         self.writer = writer
         self.done, self.every_s, self.out = done, every_s, out
         self.counts: dict[str, int] = {}
-        self._t0 = self._last = time.monotonic()
+        self.running: dict[str, dict[str, Any]] = {}  # Tune trial id -> run, cell, epoch, times
+        self.best: dict[str, float] = {}              # cell -> best validation loss so far
+        self.epoch_s: list[float] = []                # measured epoch durations
+        self._t0 = self._last = self._drawn = time.monotonic()
+        stream = self.out or sys.stdout
+        self.live = bool(getattr(stream, "isatty", lambda: False)()) if live is None else live
+        self._bar: Any = None
 
     def setup(self, **info: Any) -> None:
         self._t0 = self._last = time.monotonic()
@@ -244,11 +260,70 @@ class Progress(tune.Callback):
     def set_state(self, state: dict[str, Any]) -> None:
         self.done, self.counts = state["done"], state["counts"]
 
+    # ----------------------------------------------------------------------------- output
     def _print(self, line: str) -> None:
         try:
-            print(line, file=self.out or sys.stdout, flush=True)
+            if self._bar is not None:
+                self._bar.write(line, file=self.out or sys.stdout)
+            else:
+                print(line, file=self.out or sys.stdout, flush=True)
         except OSError:  # a closed pipe (`| head`) must not fail the trial being reported
             pass
+
+    def _draw(self, *, force: bool = False) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.5:
+            return
+        self._drawn = now
+        try:
+            if self._bar is None:
+                from tqdm import tqdm
+                # The size is given: a terminal that reports none (0 x 0: a fresh pty, some CI
+                # runners) would make tqdm hide its only bar.
+                size = shutil.get_terminal_size(fallback=(160, 24))
+                self._bar = tqdm(total=self.total, initial=self.done, unit="run",
+                                 file=self.out or sys.stdout, ncols=max(size.columns, 80),
+                                 nrows=max(size.lines, 4),
+                                 bar_format="{n_fmt}/{total_fmt} runs |{bar:20}| {desc}")
+            self._bar.n = self.done
+            self._bar.set_description_str(self.view(), refresh=True)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._bar is not None:
+            with contextlib.suppress(OSError):
+                self._bar.close()
+            self._bar = None
+
+    # ----------------------------------------------------------------------------- Tune hooks
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self.running[trial.trial_id] = {
+            "run": trial.config.get(f"{META_PREFIX}run", trial.trial_id),
+            "cell": trial.config.get("model.cell", "?"), "epoch": 0, "at": time.monotonic()}
+        self._draw()
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        if result.get("phase") != "train":
+            return
+        state = self.running.setdefault(trial.trial_id, {
+            "run": trial.config.get(f"{META_PREFIX}run", trial.trial_id),
+            "cell": trial.config.get("model.cell", "?"), "epoch": 0, "at": time.monotonic()})
+        now = time.monotonic()
+        step = int(result.get("step") or 0)
+        if step > state["epoch"]:
+            if state["epoch"] > 0:  # the first epoch also holds the warm-up and the set-up
+                self.epoch_s.append((now - state["at"]) / (step - state["epoch"]))
+            state.update(epoch=step, at=now)
+        value = result.get(self.metric)
+        if value is not None and math.isfinite(float(value)):
+            cell = str(state["cell"])
+            self.best[cell] = min(self.best.get(cell, math.inf), float(value))
+        self._draw()
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                           ) -> None:
@@ -259,8 +334,10 @@ class Progress(tune.Callback):
         self._line(trial, error=True)
 
     def _line(self, trial: Trial, *, error: bool) -> None:
+        self.running.pop(trial.trial_id, None)
         result = trial.last_result or {}
         if self.writer is not None and trial.trial_id not in self.writer.written:
+            self._draw()
             return  # not recorded (interrupted, or a failed write): no line, not counted
         status = outcome(trial, error=error, pruned=self.writer is not None
                          and self.writer.searcher.is_pruned(trial.trial_id))
@@ -278,17 +355,59 @@ class Progress(tune.Callback):
         nuis = " ".join(f"{k}={trial.config.get(k):.3g}" if isinstance(trial.config.get(k), float)
                         else f"{k}={trial.config.get(k)}" for k in self.nuisance)
         retried = f" retried={trial.num_failures}" if trial.num_failures else ""
-        self._print(f"[{self.done}/{self.total}] {status:<9} {label}={shown}  "
+        run = trial.config.get(f"{META_PREFIX}run", "")
+        self._print(f"[{self.done}/{self.total}] {status:<9} {label}={shown}  {run} "
                     f"{trial.config.get(META_PREFIX + 'point')} {nuis}{retried}")
+        self._draw(force=True)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self.live:
+            self._draw()
+            return
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
-            self._print(self.summary(sum(t.status == "RUNNING" for t in trials)))
+            self._print(self.summary())
 
-    def summary(self, running: int = 0) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none ended yet"
-        mins, secs = divmod(int(time.monotonic() - self._t0), 60)
-        return (f"-- {mins}m{secs:02d}s: {self.done}/{self.total} trials done ({counts}); "
-                f"{running} running")
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- the view
+    def eta_s(self) -> float | None:
+        """Seconds left: the epochs still to run (running trials' rest, then every pending run in
+        full; pruning only shortens it) x the mean measured epoch time / the trials at once."""
+        if not self.epoch_s or not self.epochs:
+            return None
+        per_epoch = sum(self.epoch_s[-200:]) / len(self.epoch_s[-200:])
+        pending = max(0, self.total - self.done - len(self.running))
+        left = sum(max(0, self.epochs - r["epoch"]) for r in self.running.values())
+        left += pending * self.epochs
+        return left * per_epoch / max(1, len(self.running))
+
+    def view(self) -> str:
+        """The live view as one line (see the class docstring)."""
+        counts = " ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none yet"
+        pending = max(0, self.total - self.done - len(self.running))
+        of = f"/{self.epochs}" if self.epochs else ""
+        running = ", ".join(f"{r['run']} {r['epoch']}{of}" for r in
+                            sorted(self.running.values(), key=lambda r: str(r["run"]))[:4])
+        more = "..." if len(self.running) > 4 else ""
+        eta = self.eta_s()
+        best = " ".join(f"{c} {v:.3g}" for c, v in sorted(self.best.items()))
+        parts = [f"done: {counts}", f"running {len(self.running)}"
+                 + (f" ({running}{more})" if running else ""), f"pending {pending}",
+                 f"elapsed {_clock(time.monotonic() - self._t0)}",
+                 f"ETA {_clock(eta) if eta is not None else '?'}"]
+        if best:
+            parts.append(f"best {self.metric}: {best}")
+        return " | ".join(parts)
+
+    def summary(self) -> str:
+        """The plain periodic line."""
+        return f"-- {self.done}/{self.total} runs | {self.view()}"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

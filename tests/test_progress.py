@@ -1,0 +1,75 @@
+"""The live view of a running sweep, on a real (analytic) sweep: plain periodic lines when stdout
+is not a terminal, a bar redrawn in place on a terminal (a pseudo-terminal here)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.sweep import main
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEW = re.compile(r"done: (.+?) \| running (\d+)(?: \((.+?)\))? \| pending (\d+) \| "
+                  r"elapsed \d+m\d\ds \| ETA (\S+)")
+
+
+def test_plain_periodic_lines_when_stdout_is_not_a_terminal(
+        ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--space", "tests.analytic:SLOW", "--results", str(tmp_path), "--address",
+               ray_session, "--experiment", "p", "--max-concurrent", "2",
+               "--progress-every", "0.5"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = [line for line in out.splitlines() if line.startswith("-- ")]
+    assert len(lines) >= 3, out
+    assert "\r" not in out  # no bar escapes in a log
+    views = [VIEW.search(line) for line in lines]
+    assert all(views), lines
+    for m in views:  # each running trial with its epoch of 4; the counts add up to the runs
+        running, pending = int(m.group(2)), int(m.group(4))
+        assert running <= 2
+        done = sum(int(x.split()[0]) for x in m.group(1).split()[::2]) if m.group(1) != \
+            "none yet" else 0
+        assert done + running + pending == 6
+        if m.group(3):
+            assert all(re.fullmatch(r"p0-s\d \d/4", r) for r in m.group(3).split(", "))
+    assert any(m.group(5) != "?" for m in views)  # an ETA once an epoch was timed
+    assert "best valid_loss: gru" in lines[-1]
+    assert len([line for line in out.splitlines() if re.match(r"\[\d/6\] ", line)]) == 6
+
+
+def test_a_bar_redrawn_in_place_on_a_terminal(ray_session: str, tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.sweep", "--space", "tests.analytic:SLOW", "--results",
+         str(tmp_path), "--address", ray_session, "--experiment", "t", "--max-concurrent", "2"],
+        cwd=ROOT, stdout=follower, stderr=subprocess.DEVNULL, close_fds=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"})
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\r" in screen and " runs |" in screen  # tqdm redraws its line
+    frames = [VIEW.search(f) for f in screen.split("\r")]
+    assert sum(1 for f in frames if f) >= 3, screen[-2000:]
+    assert "6/6 runs" in screen  # the last frame: every run done
+    assert len(re.findall(r"\[\d/6\] ", screen)) == 6  # the per-run lines, above the bar
