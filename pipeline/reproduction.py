@@ -24,11 +24,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--space", default="copy_cpu")
     p.add_argument("--experiment", default="repro-cpu")
     p.add_argument("--results", default="results")
-    p.add_argument("--out", default="REPRODUCTION.md")
-    p.add_argument("--figures", default="docs/reproduction")
+    p.add_argument("--out", default=None,
+                   help="the Markdown file to write (default RESULTS/SPACE/reproduction/"
+                        "REPRODUCTION.md: the repository's own REPRODUCTION.md is only "
+                        "written when named)")
+    p.add_argument("--figures", default=None,
+                   help="the figures' folder (default: beside --out)")
     p.add_argument("--threshold", type=float, default=0.1)
     p.add_argument("--command", default=None, help="the sweep command to quote (default: recorded)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = str(Path(a.results) / a.space / "reproduction" / "REPRODUCTION.md")
+    if a.figures is None:
+        a.figures = str(Path(a.out).parent / "figures")
     try:
         if not (a.threshold > 0 and math.isfinite(a.threshold)):
             raise ValueError(f"--threshold must be a finite number > 0 but got {a.threshold!r}")

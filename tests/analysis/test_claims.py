@@ -80,3 +80,19 @@ def test_bad_arguments_exit_2_before_any_figure_is_written(
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
     assert not figures.exists() and not (tmp_path / "R.md").exists()
+
+
+def test_the_repository_s_reproduction_is_never_overwritten_by_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.reproduction as cli
+    seen = {}
+
+    def fake_write(results, space, experiment, out, figures, threshold, command):  # noqa: ANN001
+        seen.update(out=out, figures=figures)
+        return out
+    monkeypatch.setattr(cli, "write", fake_write)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--results", str(tmp_path / "results")]) == 0
+    assert seen["out"] == tmp_path / "results" / "copy_cpu" / "reproduction" / "REPRODUCTION.md"
+    assert seen["figures"] == seen["out"].parent / "figures"
+    assert not (tmp_path / "REPRODUCTION.md").exists()
