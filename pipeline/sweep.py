@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 import search_spaces
 from pipeline.core.config import MNIST_TASKS, TrialConfig, coerce, did_you_mean, parse_sets
 from pipeline.orchestration.session import BadInput
-from search_spaces.space import SearchSpace, estimate_core_hours, point_key, trial_memory_bytes
+from search_spaces.space import (
+    CPU_MODEL_SOURCE,
+    SearchSpace,
+    estimate_core_hours,
+    point_key,
+    trial_memory_bytes,
+)
 
 if TYPE_CHECKING:
     from pipeline.analysis.results import Store
@@ -147,7 +154,7 @@ def plan_space(args: argparse.Namespace) -> SearchSpace:
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number but got "
                                  f"{value}")
         coerce("seed", _opt(args, "seed"))
-        space.validate(seed=_opt(args, "seed"))
+        space.validate(seed=_opt(args, "seed"), required=not args.dry_run)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     return space
@@ -190,25 +197,43 @@ def sampler_note(sampler: str, space: SearchSpace) -> str:
 
 
 def print_plan(space: SearchSpace, args: argparse.Namespace) -> None:
-    """The --dry-run output: the scientific grid, the trial count and an estimated cost."""
+    """The --dry-run output: the grid's size per scientific key (the whole grid with --verbose),
+    the search, the protocol, and the cost on CPUs and GPUs."""
     points = space.points()
     keys = list(space.scientific)
-    widths = [max(len(k), *(len(str(p[k])) for p in points)) for k in keys]
-    print(f"space {space.name}{' (smoke)' if _opt(args, 'smoke') else ''}: {len(points)} "
-          f"scientific points x {space.samples_per_point} samples = "
-          f"{len(points) * space.samples_per_point} trials, {space.seeds} seed(s) per trial")
-    print("  " + "  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
-    for p in points:
-        print("  " + "  ".join(str(p[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
+    smoke = _opt(args, "smoke")
+    print(f"space {space.name}{' (smoke)' if smoke else ''}: {len(points)} scientific points "
+          f"x {space.samples_per_point} samples = {len(points) * space.samples_per_point} "
+          f"trials, {space.seeds} seed(s) per trial; protocol {space.protocol(smoke=smoke)}")
+    for k in keys:
+        values = {p[k] for p in points}
+        try:
+            values = sorted(values)
+        except TypeError:  # mixed types
+            values = sorted(values, key=str)
+        print(f"  {k}: {', '.join(map(str, values))} ({len(values)})")
+    if len(points) < len(list(itertools.product(*space.scientific.values()))):
+        rules = ", ".join(f"{r.key} when {r.when_key}={r.when_value}" for r in space.inactive)
+        print(f"  (inactive combinations collapsed: {rules})")
+    if args.verbose:
+        widths = [max(len(k), *(len(str(p[k])) for p in points)) for k in keys]
+        print("  " + "  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
+        for p in points:
+            print("  " + "  ".join(str(p[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
+    else:
+        print("  (the whole grid with --verbose)")
     for key, dist in space.nuisance.items():
         print(f"nuisance {key} ~ {dist} (one {sampler_note(_opt(args, 'sampler'), space)} "
               f"study per point, {_opt(args, 'pruner')} pruner)")
     print("fixed " + " ".join(f"{k}={v}" for k, v in space.fixed.items()))
+    for key, message in space.missing().items():
+        print(f"to run it: --set {key}=... ({message})")
     hours = estimate_core_hours(space)
     cores = os.cpu_count() or 1
-    print(f"estimated cost: about {hours:.3g} CPU core-hours without pruning, about "
-          f"{hours / cores:.3g} h on this machine's {cores} cores (a rough model: "
-          f"search_spaces.space.trial_core_seconds)")
+    print(f"cost without pruning: about {hours:.3g} CPU core-hours ({hours / cores:.3g} h on "
+          f"this machine's {cores} cores); GPU-hours: not measured (BENCHMARKS.md has no GPU "
+          f"table yet). The CPU model ({CPU_MODEL_SOURCE}) is good to a factor of a few; a "
+          f"smoke run times the real thing.")
 
 
 def trial_name(trial: Any) -> str:

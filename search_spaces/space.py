@@ -231,12 +231,16 @@ class SearchSpace:
                 mid[key] = dist.values[0]
         return [self.trial_config(p, mid, seed=seed) for p in self.points()]
 
-    def validate(self, *, seed: int = 0) -> None:
-        """Check the space and build every point's config; raise ValueError naming the key."""
+    def missing(self) -> dict[str, str]:
+        """The required keys (``requires``) not set yet, with what each needs."""
+        return {k: m for k, m in self.requires.items() if self.fixed.get(k) in (None, "")}
+
+    def validate(self, *, seed: int = 0, required: bool = True) -> None:
+        """Check the space and build every point's config; raise ValueError naming the key.
+        With ``required=False`` (a dry run) keys the space requires may still be unset."""
         self.check()
-        for key, message in self.requires.items():
-            if self.fixed.get(key) in (None, ""):
-                raise ValueError(f"space {self.name!r} needs --set {key}=...: {message}")
+        for key, message in (self.missing() if required else {}).items():
+            raise ValueError(f"space {self.name!r} needs --set {key}=...: {message}")
         for flat in self.example_configs(seed=seed):
             TrialConfig.from_dict(flat)
 
@@ -285,6 +289,9 @@ TRIAL_OVERHEAD_S = 0.5
 """Start-up of one trial under Tune (actor reuse, data generation)."""
 # Calibrated on one core of a 2-core AMD EPYC VM (torch 2.13 CPU): a GRU trial at T=50, 1,000
 # samples, 2 epochs took 8 s at H=64 and 14 s at H=256; the model says 6 s and 18 s.
+CPU_MODEL_SOURCE = "search_spaces.space.trial_core_seconds, fitted to trials timed on one core " \
+                   "of a 2-core AMD EPYC VM, torch 2.13"
+"""Where the CPU cost model comes from (said with every estimate)."""
 
 
 def trial_core_seconds(flat: Mapping[str, Any]) -> float:

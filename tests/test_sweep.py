@@ -32,7 +32,14 @@ def test_list_spaces_and_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: P
     rc, out, _ = _run(capsys, "--space", "copy_task", "--dry-run", "--results", str(tmp_path))
     assert rc == 0
     assert "108 scientific points x 4 samples = 432 trials" in out
-    assert "nuisance train.lr" in out and "estimated cost" in out
+    assert "nuisance train.lr" in out and "CPU core-hours" in out
+    assert "GPU-hours: not measured" in out and "2-core AMD EPYC" in out
+    assert "  model.cell: brc, gru, lstm, nbrc (4)" in out and "task.seq_len" in out
+    assert "  gru " not in out  # the 108-row grid only with --verbose
+    rc, out, _ = _run(capsys, "--space", "copy_task", "--dry-run", "--verbose")
+    assert rc == 0 and len([line for line in out.splitlines() if line.startswith("  gru")]) == 27
+    rc, out, _ = _run(capsys, "--space", "seq_mnist", "--dry-run")  # no MNIST files needed
+    assert rc == 0 and "to run it: --set task.data_dir=" in out
     assert not list(tmp_path.iterdir())  # ran nothing, wrote nothing
     rc, out, _ = _run(capsys, "--space", "copy_task", "--smoke", "--dry-run")
     assert rc == 0 and "12 scientific points x 3 samples = 36 trials" in out
