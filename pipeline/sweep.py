@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import json
 import logging
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
     a("--resume", metavar="EXPERIMENT",
       help="finish an interrupted experiment of --space: exactly the runs without a row")
+    a("--tensorboard", action="store_true",
+      help="also write the curves as TensorBoard event files, one folder per run, under "
+           "RESULTS/SPACE/tensorboard/EXPERIMENT (needs the tensorboard package)")
     a("--progress-every", type=float, default=60.0, metavar="SECONDS",
       help="when stdout is not a terminal, a progress line this often (default 60); on a "
            "terminal the view is redrawn in place")
@@ -243,7 +247,7 @@ def trial_name(trial: Any) -> str:
 
 def fit(space: SearchSpace, args: argparse.Namespace, searcher: PointStudySearcher,
         writer: ResultsWriter, halt: Halt, progress: Progress, settings: dict[str, Any],
-        run_name: str) -> None:
+        run_name: str, extra: Sequence[Any] = ()) -> None:
     """Run the runs the searcher has queued, in a fresh Tune experiment ``run_name``."""
     from ray import tune
 
@@ -261,7 +265,8 @@ def fit(space: SearchSpace, args: argparse.Namespace, searcher: PointStudySearch
             num_samples=searcher.remaining, max_concurrent_trials=settings["max_concurrent"],
             reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=settings["storage"], callbacks=[writer, progress],
+            name=run_name, storage_path=settings["storage"],
+            callbacks=[writer, progress, *extra],
             stop=halt, failure_config=tune.FailureConfig(max_failures=settings["max_failures"]),
             verbose=2 if args.verbose else 0, log_to_file=True))
     quiet = {} if args.verbose else {"RAY_AIR_NEW_OUTPUT": "0"}  # the legacy output obeys verbose=0
@@ -416,7 +421,7 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
     import ray
 
     from pipeline.analysis.results import ResultsError, provenance, writable_folder
-    from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter
+    from pipeline.orchestration.callbacks import Halt, Progress, ResultsWriter, TensorBoardWriter
     from pipeline.orchestration.journal import check_journal, repair_journal
     from pipeline.orchestration.searcher import PointStudySearcher, make_sampler
     from pipeline.orchestration.session import check_resources, connect, quiet_logs
@@ -452,6 +457,12 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
     if cut:
         print(f"sweep: note: cut an incomplete last line ({cut} bytes) off {journal}: a write "
               f"interrupted by a crash", file=sys.stderr, flush=True)
+    if args.tensorboard:
+        if not store.is_local:
+            raise BadInput("--tensorboard writes event files beside local results; with a URI "
+                           "--results, point TensorBoard at the Parquet curves instead")
+        if importlib.util.find_spec("tensorboard") is None:
+            raise BadInput("--tensorboard needs the tensorboard package: pip install tensorboard")
     if settings is None:
         _check_new(exp, store, storage, journal)
         _check_data(space)
@@ -511,8 +522,10 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
                             every_s=args.progress_every)
         if searcher.remaining:
             try:
+                extra = [TensorBoardWriter(f"{store.base}/tensorboard/{exp}")] \
+                    if args.tensorboard else []
                 fit(space, args, searcher, writer, halt, progress, settings,
-                    _run_name(exp, storage, resume))
+                    _run_name(exp, storage, resume), extra)
                 progress.close()
             except Exception as exc:  # noqa: BLE001 - Tune itself failed (its own disk writes)
                 logging.getLogger("ray.tune.warmup_sweep").warning("Tune failed", exc_info=True)

@@ -73,3 +73,33 @@ def test_a_bar_redrawn_in_place_on_a_terminal(ray_session: str, tmp_path: Path) 
     assert sum(1 for f in frames if f) >= 3, screen[-2000:]
     assert "6/6 runs" in screen  # the last frame: every run done
     assert len(re.findall(r"\[\d/6\] ", screen)) == 6  # the per-run lines, above the bar
+
+
+def test_tensorboard_event_files_hold_the_same_curves_as_parquet(
+        ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["--space", "tests.analytic:SPACE", "--results", str(tmp_path), "--address",
+                 ray_session, "--experiment", "tb", "--tensorboard"]) == 0
+    curves = pd.read_parquet(tmp_path / "analytic" / "curves")
+    folder = tmp_path / "analytic" / "tensorboard" / "tb"
+    runs = sorted(p.name for p in folder.iterdir())
+    assert runs == sorted(curves["trial_id"].unique())  # one folder per run, named by its id
+    for run in runs:
+        acc = EventAccumulator(str(folder / run))
+        acc.Reload()
+        mine = curves[curves["trial_id"] == run]
+        train = mine[mine["phase"] == "train"].sort_values("step")
+        events = acc.Scalars("valid/loss")
+        assert [e.step for e in events] == train["step"].tolist()
+        assert [e.value for e in events] == pytest.approx(train["valid_loss"].tolist(), rel=1e-6)
+        warm = mine[mine["phase"] == "warmup"]
+        if len(warm):
+            assert [e.step for e in acc.Scalars("warmup/loss")] == warm["step"].tolist()
+
+
+def test_tensorboard_is_off_by_default(ray_session: str, tmp_path: Path) -> None:
+    assert main(["--space", "tests.analytic:SPACE", "--results", str(tmp_path), "--address",
+                 ray_session, "--experiment", "off"]) == 0
+    assert not (tmp_path / "analytic" / "tensorboard").exists()

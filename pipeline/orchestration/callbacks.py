@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from pipeline.orchestration.searcher import PointStudySearcher
 
-__all__ = ["Halt", "Progress", "ResultsWriter", "outcome"]
+__all__ = ["Halt", "Progress", "ResultsWriter", "TensorBoardWriter", "outcome"]
 
 _PLACEMENT = ("host", "node_id", "gpu_name", "threads", "cpu_model", "cuda_version", "cudnn_version")
 logger = logging.getLogger("ray.tune.warmup_sweep")
@@ -213,6 +214,88 @@ class ResultsWriter(tune.Callback):
                       curves=[*partial["warmup"], *train],
                       **{k: partial.get(k) for k in _PLACEMENT})
         return record
+
+
+class TensorBoardWriter(tune.Callback):
+    """The same curves as TensorBoard event files, one folder per run, written as results arrive
+    (``tensorboard --logdir results/<space>/tensorboard/<experiment>``). A view, not the record:
+    a run that starts again (a retry, a resume) starts its folder afresh.
+
+    Scalars: ``warmup/loss`` and ``warmup/vaa_star`` by warm-up step; ``train/loss``,
+    ``valid/loss``, ``valid/accuracy`` and ``vaa`` by epoch.
+
+    Args:
+        folder: the experiment's TensorBoard folder (local).
+    """
+
+    SCALARS = {"train_loss": "train/loss", "valid_loss": "valid/loss",
+               "valid_accuracy": "valid/accuracy", "vaa": "vaa"}
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, trial: Trial, *, fresh: bool = False) -> Any:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        tid = trial.trial_id
+        if fresh and tid in self._writers:
+            self._writers.pop(tid).close()
+        if tid not in self._writers:
+            run = str(trial.config.get(f"{META_PREFIX}run", tid))
+            path = os.path.join(self.folder, run)
+            if fresh:
+                shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path, exist_ok=True)
+            self._writers[tid] = EventFileWriter(path, flush_secs=5)
+        return self._writers[tid]
+
+    def _scalar(self, trial: Trial, tag: str, value: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if value is None or not math.isfinite(float(value)):
+            return
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+        self._writer(trial).add_event(Event(wall_time=time.time(), step=int(step),
+                                            summary=summary))
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self._writer(trial, fresh=True)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                         ) -> None:
+        self._writer(trial, fresh=True)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        if result.get("phase") != "train":
+            return
+        if "warmup_curve" in result:
+            for row in json.loads(result["warmup_curve"]):
+                self._scalar(trial, "warmup/loss", row.get("train_loss"), row.get("step", 0))
+                self._scalar(trial, "warmup/vaa_star", row.get("vaa_star"), row.get("step", 0))
+        for key, tag in self.SCALARS.items():
+            self._scalar(trial, tag, result.get(key), result.get("step", 0))
+
+    def _close(self, trial: Trial) -> None:
+        writer = self._writers.pop(trial.trial_id, None)
+        if writer is not None:
+            writer.close()
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                          ) -> None:
+        self._close(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                       ) -> None:
+        self._close(trial)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
 
 class Progress(tune.Callback):
