@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--smoke", action="store_true", default=None, help="a tiny sweep: minutes on 2 CPU cores")
     a("--dry-run", action="store_true", help="print the grid, trial count and cost; run nothing")
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
+    a("--if-exists", choices=("refuse", "resume"), default="refuse",
+      help="when --experiment already exists: refuse (default), or resume it if this command "
+           "defines exactly the same experiment (a job script resubmitted after its time limit)")
     a("--resume", metavar="EXPERIMENT",
       help="finish an interrupted experiment of --space: exactly the runs without a row")
     a("--tensorboard", action="store_true",
@@ -340,6 +343,34 @@ def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> Search
     return space
 
 
+def _resume_if_exists(args: argparse.Namespace, space: SearchSpace) -> argparse.Namespace | None:
+    """``--if-exists resume``: the arguments of ``--resume EXPERIMENT`` when the experiment exists
+    and this command defines it exactly (space, seed, sampler, pruner, smoke, sets); None when it
+    does not exist yet. BadInput when it exists with another definition."""
+    from pipeline.analysis.results import ResultsError, Store
+
+    store = Store(args.results, space.name, args.experiment)
+    if not store.exists(store.experiment_json):
+        return None
+    try:
+        settings = store.read_json(store.experiment_json)
+    except ResultsError as exc:
+        raise BadInput(str(exc)) from None
+    mine = {"definition": json.loads(json.dumps(space.describe(), default=str)),
+            "seed": _opt(args, "seed"), "sampler": _opt(args, "sampler"),
+            "pruner": _opt(args, "pruner"), "smoke": _opt(args, "smoke"), "sets": args.sets}
+    for name in ("journal", "storage"):  # given ones must be where the experiment keeps them
+        if getattr(args, name):
+            given = getattr(args, name)
+            mine[name] = given if "://" in given else os.path.abspath(os.path.expanduser(given))
+    differ = [k for k, v in mine.items() if not isinstance(settings, dict) or settings.get(k) != v]
+    if differ:
+        raise BadInput(f"experiment {args.experiment!r} exists with another {', '.join(differ)}; "
+                       f"--if-exists resume only continues the same experiment")
+    keep = {n: None for n in DEFINITION_OPTIONS}
+    return argparse.Namespace(**{**vars(args), **keep, "sets": [], "resume": args.experiment})
+
+
 def _check_new(exp: str, store: Store, storage: str, journal: str) -> None:
     """A new experiment reuses nothing of an old one of the same name (rows, studies, state)."""
     import optuna
@@ -454,6 +485,10 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         make_sampler(settings["sampler"] if settings else _opt(args, "sampler"), 0)
     except (ValueError, ResultsError, OSError) as exc:
         raise BadInput(str(exc)) from None
+    if settings is not None and not os.path.isfile(journal) and store.trial_ids():
+        raise BadInput(f"the journal {journal} is gone: its studies cannot be reconciled with the "
+                       f"{len(store.trial_ids())} recorded rows; restore it, or start a new "
+                       f"experiment")
     if cut:
         print(f"sweep: note: cut an incomplete last line ({cut} bytes) off {journal}: a write "
               f"interrupted by a crash", file=sys.stderr, flush=True)
@@ -621,6 +656,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BadInput(str(exc)) from None
             return run(args, None)
         space = plan_space(args)
+        if args.if_exists == "resume" and not args.dry_run and args.experiment:
+            resumed = _resume_if_exists(args, space)
+            if resumed is not None:
+                return run(resumed, None)
         if args.dry_run:
             _check_memory(space, _physical_memory(), "this machine")
             print_plan(space, args)

@@ -231,3 +231,28 @@ def test_compaction_keeps_every_int64_exact(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
     seeds = pq.read_table(tmp_path / "s" / "trials" / "e" / "compacted.parquet").column("seed")
     assert sorted(seeds.to_pylist(), key=str) == [2**60 + 1, None]
+
+
+def test_if_exists_resume_continues_the_same_experiment_only(
+        ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--space", SPACE, "--results", str(tmp_path), "--address", ray_session,
+            "--experiment", "job", "--if-exists", "resume", "--set", "train.epochs=3"]
+    assert main(argv) == 0  # new
+    assert "experiment job: 12 trials" in capsys.readouterr().out
+    assert main(argv) == 0  # the job script resubmitted: resumed, nothing rerun
+    assert "resuming job: 12/12 runs recorded, 0 to run" in capsys.readouterr().out
+    assert main([*argv[:-1], "train.epochs=4"]) == 2  # another definition under the same name
+    assert "exists with another definition, sets" in capsys.readouterr().err
+    assert main(argv[:-4]) == 2  # without --if-exists: refused as before
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_resume_without_its_journal_is_refused(
+        ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--space", SPACE, "--results", str(tmp_path), "--address", ray_session]
+    assert main([*args, "--experiment", "lost"]) == 0
+    (tmp_path / "analytic" / "optuna.journal").unlink()  # the head's disk, gone with the head
+    capsys.readouterr()
+    assert main([*args, "--resume", "lost"]) == 2
+    assert "is gone: its studies cannot be reconciled with the 12 recorded rows" in \
+        capsys.readouterr().err
