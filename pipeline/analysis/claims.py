@@ -148,7 +148,8 @@ def write(results: str, space: str, experiment: str, out: Path, figures: Path,
           threshold: float, command: str | None) -> Path:
     raw = load_table(results, space, "trials", [experiment])
     curves = load_table(results, space, "curves", [experiment])
-    build_report(raw, curves, figures, space=space, threshold=threshold)
+    build_report(raw, curves, figures, space=space, threshold=threshold,
+                 source=f"{results}/{space} (experiment {experiment})")
     trials = prepare(raw)
     meta = _experiment_meta(results, space, experiment)
     started = pd.Timestamp(meta["created_at"]) if "created_at" in meta else trials["started_at"].min()

@@ -8,6 +8,7 @@ warm arm's colour encodes its fraction f (viridis) and its line style its warm-u
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,42 +59,106 @@ def _warm_steps(df: pd.DataFrame) -> list[int]:
     return sorted(int(s) for s in df["arm_steps"].unique() if s > 0)
 
 
-def error_vs_length(points: pd.DataFrame, path: Path, *, xlabel: str, ylabel: str,
-                    threshold: float | None = None) -> Path:
-    """Mean error against length with 95% CI bars; rows = (task, cell), columns = warm-up steps.
+def _length_axis(ax: Axes, lengths: Sequence[float], xlabel: str) -> None:
+    """Lengths on a log axis (the T of a copy task spans decades), ticked at the sweep's own
+    lengths; a linear one when a length is 0 (MNIST padding)."""
+    values = sorted({float(v) for v in lengths})
+    if values and values[0] > 0 and len(values) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(values)
+    ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
 
-    Every panel shows the cold network and the warm arms with that many warm-up steps, one line
-    per fraction.
-    """
-    title = "Test error against length"
-    if points.empty:
+
+def _arms(df: pd.DataFrame) -> list[tuple[int, float, str]]:
+    """The arms in a stable order: cold first, then by steps, then by fraction."""
+    arms = df[["arm_steps", "arm_fraction", "arm"]].drop_duplicates()
+    return [tuple(r) for r in arms.sort_values(["arm_steps", "arm_fraction"])
+            .itertuples(index=False)]
+
+
+def success_vs_length(success: pd.DataFrame, path: Path, *, xlabel: str,
+                      threshold: float) -> Path:
+    """The memory claim in one picture: per (task, cell), the share of seeds that learned
+    (error below the threshold) against length, one line per warm-up arm, Wilson 95% bars."""
+    title = f"Seeds that learned (error < {threshold:g}) against length"
+    if success.empty:
         return _message(Path(path), title, "no completed trials to plot")
-    rows = sorted(points[["task.name", "model.cell"]].drop_duplicates().itertuples(index=False))
-    steps = _warm_steps(points) or [0]
+    rows = sorted(success[["task.name", "model.cell"]].drop_duplicates().itertuples(index=False))
+    ncols = min(len(rows), 3)
+    fig, axes = _grid(math.ceil(len(rows) / ncols), ncols)
+    steps = _warm_steps(success)
+    for k, (task, cell) in enumerate(rows):
+        ax = axes[k // ncols, k % ncols]
+        sub = success[(success["task.name"] == task) & (success["model.cell"] == cell)]
+        arms = _arms(sub)
+        for n_arm, (arm_steps, frac, arm) in enumerate(arms):
+            grp = sub[(sub["arm_steps"] == arm_steps) & (sub["arm_fraction"] == frac)]
+            grp = grp.sort_values("length")
+            err = np.clip(np.vstack([grp["share"] - grp["low"], grp["high"] - grp["share"]]),
+                          0.0, None)  # rounding at 0 or n successes
+            dodge = 1 + 0.035 * (n_arm - (len(arms) - 1) / 2)  # arms side by side: none hidden
+            ax.errorbar(grp["length"] * dodge, grp["share"], yerr=err, label=arm, capsize=3,
+                        **_style(arm_steps, frac, steps))
+        _length_axis(ax, sub["length"], xlabel)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("share of seeds that learned")
+        ax.set_title(f"{task} · {cell}")
+        ax.legend(fontsize=7, title="warm-up arm", title_fontsize=7)
+    for k in range(len(rows), axes.size):
+        axes[k // ncols, k % ncols].set_axis_off()
+    fig.suptitle(f"{title}; bars: Wilson 95% intervals")
+    fig.savefig(path)
+    return Path(path)
+
+
+def error_vs_length(selected: pd.DataFrame, path: Path, *, xlabel: str, ylabel: str,
+                    threshold: float | None = None) -> Path:
+    """Every seed's error as a dot and the median over seeds as the line, against length; rows =
+    (task, cell), columns = warm-up steps, each panel with the cold network for reference."""
+    title = "Test error against length"
+    data = selected.dropna(subset=["test_error"])
+    if data.empty:
+        return _message(Path(path), title, "no completed trials to plot")
+    rows = sorted(data[["task.name", "model.cell"]].drop_duplicates().itertuples(index=False))
+    steps = _warm_steps(data) or [0]
     fig, axes = _grid(len(rows), len(steps))
+    positive = bool((data["test_error"] > 0).all())
     for i, (task, cell) in enumerate(rows):
-        sub = points[(points["task.name"] == task) & (points["model.cell"] == cell)]
+        sub = data[(data["task.name"] == task) & (data["model.cell"] == cell)]
         for j, st in enumerate(steps):
             ax = axes[i, j]
             panel = sub[(sub["arm_steps"] == st) | (sub["arm_steps"] == 0)]
-            for (arm_steps, frac, arm), grp in panel.groupby(["arm_steps", "arm_fraction", "arm"]):
-                grp = grp.sort_values("length")
-                ax.errorbar(grp["length"], grp["mean"], yerr=grp["half"].fillna(0.0), label=arm,
-                            capsize=3, **_style(arm_steps, frac, steps))
+            arms = _arms(panel)
+            for n_arm, (arm_steps, frac, arm) in enumerate(arms):
+                grp = panel[(panel["arm_steps"] == arm_steps) & (panel["arm_fraction"] == frac)]
+                style = _style(arm_steps, frac, steps)
+                # dots side by side at each length, so that no arm hides another
+                dodge = 1 + 0.04 * (n_arm - (len(arms) - 1) / 2)
+                ax.scatter(grp["length"] * dodge, grp["test_error"], s=12, alpha=0.6,
+                           color=style["color"], zorder=3)
+                med = grp.groupby("length")["test_error"].median()
+                ax.plot(med.index, med.values, color=style["color"],
+                        linestyle=style["linestyle"], label=f"{arm} (median)", zorder=2)
             if threshold is not None:
-                ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":")
-            _logy(ax, panel["mean"])
-            ax.set_title(f"{task} · {cell} · " + (f"{st} warm-up steps" if st else "cold only"))
-            ax.set_xlabel(xlabel)
+                ax.axhline(threshold, color="grey", linewidth=0.8, linestyle=":",
+                           label=f"threshold {threshold:g}: learned below")
+            if positive and data["test_error"].max() / data["test_error"].min() > 20:
+                ax.set_yscale("log")
+            _length_axis(ax, panel["length"], xlabel)
+            ax.set_title(f"{task} · {cell} · " + (f"{st} warm-up steps, and cold" if st
+                                                  else "cold"))
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: mean over seeds, Student-t 95% CI")
+    fig.suptitle(f"{title}: a dot per seed, the line through the medians")
     fig.savefig(path)
     return Path(path)
 
 
 def tradeoff(trade: pd.DataFrame, path: Path, *, ylabel: str) -> Path:
-    """Precision error (y) against memory horizon (x) per arm; the Pareto front ringed, joined."""
+    """Precision error (y) against memory horizon (x), every arm a labelled point (arms at the
+    same place side by side), the Pareto front drawn as a line; one panel per task."""
     title = "Precision / memory trade-off"
     trade = trade.dropna(subset=["memory", "precision"])
     if trade.empty:
@@ -102,33 +167,74 @@ def tradeoff(trade: pd.DataFrame, path: Path, *, ylabel: str) -> Path:
     fig, axes = _grid(1, len(tasks))
     cells = sorted(trade["model.cell"].unique())
     colors = {c: colormaps["tab10"](k % 10) for k, c in enumerate(cells)}
-    fracs = sorted(f for f in trade["arm_fraction"].unique() if f > 0)
     for j, task in enumerate(tasks):
         ax = axes[0, j]
-        sub = trade[trade["task.name"] == task]
+        sub = trade[trade["task.name"] == task].copy()
+        # the memory horizon takes the sweep's lengths only: one category per value
+        values = sorted(sub["memory"].unique())
+        pos = {v: float(k) for k, v in enumerate(values)}
+        sub["x"] = sub["memory"].map(pos)
+        for _, grp in sub.groupby("x"):
+            offsets = np.linspace(-0.25, 0.25, len(grp)) if len(grp) > 1 else [0.0]
+            sub.loc[grp.sort_values(["model.cell", "arm"]).index, "x"] = grp["x"].iloc[0] + \
+                np.asarray(offsets)
         for _, r in sub.iterrows():
-            frac = r["arm_fraction"]
-            marker = "X" if frac <= 0 else _MARKERS[fracs.index(frac) % len(_MARKERS)]
-            ax.scatter(r["memory"], r["precision"], color=colors[r["model.cell"]], marker=marker,
-                       s=50, zorder=3)
-        front = sub[sub["pareto"]].sort_values("memory")
-        ax.plot(front["memory"], front["precision"], color="red", linewidth=1, zorder=2,
-                drawstyle="steps-pre", label="Pareto front")
-        ax.scatter(front["memory"], front["precision"], s=160, facecolors="none",
-                   edgecolors="red", zorder=4)
-        for _, r in front.iterrows():
-            ax.annotate(f"{r['model.cell']} {r['arm']}", (r["memory"], r["precision"]),
-                        fontsize=7, textcoords="offset points", xytext=(5, 5))
+            ax.scatter(r["x"], r["precision"], color=colors[r["model.cell"]], s=40, zorder=3,
+                       marker="o" if r["arm_steps"] > 0 else "s")
+            ax.annotate(f"{r['model.cell']} {r['arm']}", (r["x"], r["precision"]), fontsize=6,
+                        textcoords="offset points", xytext=(4, 3), rotation=20)
+        front = sub[sub["pareto"]].sort_values("x")
+        ax.plot(front["x"], front["precision"], color="red", linewidth=1.2, marker="o",
+                markersize=11, markerfacecolor="none", zorder=2,
+                label=f"Pareto front ({len(front)} arm{'s' if len(front) != 1 else ''})")
         for cell in cells:
             ax.scatter([], [], color=colors[cell], label=cell)
-        for frac in [0.0, *fracs]:
-            ax.scatter([], [], color="grey", label="cold" if frac <= 0 else f"f={frac:g}",
-                       marker="X" if frac <= 0 else _MARKERS[fracs.index(frac) % len(_MARKERS)])
+        ax.scatter([], [], color="grey", marker="s", label="cold")
+        ax.scatter([], [], color="grey", marker="o", label="warmed")
         _logy(ax, sub["precision"])
+        ax.set_xticks(list(pos.values()))
+        ax.set_xticklabels(["none" if v <= 0 else f"{v:g}" for v in values])
+        ax.set_xlim(-0.6, len(values) - 0.4)
         ax.set_title(task)
-        ax.set_xlabel("memory horizon (longest length learned)")
-        ax.set_ylabel(f"precision: {ylabel} at shortest length")
+        ax.set_xlabel("memory horizon: the longest length learned")
+        ax.set_ylabel(f"precision: {ylabel} at the shortest length")
         ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (up and left is worse: want right and down)")
+    fig.savefig(path)
+    return Path(path)
+
+
+def overview(success: pd.DataFrame, path: Path, *, xlabel: str, threshold: float) -> Path:
+    """Every point at once: the share of seeds that learned, as a heat map of arm (rows, per cell)
+    against length (columns), each cell of the map labelled k/n; one panel per task."""
+    title = f"Overview: seeds that learned (error < {threshold:g})"
+    if success.empty:
+        return _message(Path(path), title, "no completed trials to plot")
+    tasks = sorted(success["task.name"].unique())
+    fig, axes = _grid(1, len(tasks))
+    for j, task in enumerate(tasks):
+        ax = axes[0, j]
+        sub = success[success["task.name"] == task]
+        lengths = sorted(sub["length"].unique())
+        rows = [(c, a) for c in sorted(sub["model.cell"].unique())
+                for a in _arms(sub[sub["model.cell"] == c])]
+        grid = np.full((len(rows), len(lengths)), np.nan)
+        for r, (cell, (st, frac, _)) in enumerate(rows):
+            arm = sub[(sub["model.cell"] == cell) & (sub["arm_steps"] == st)
+                      & (sub["arm_fraction"] == frac)]
+            for _, p in arm.iterrows():
+                c = lengths.index(p["length"])
+                grid[r, c] = p["share"]
+                ax.text(c, r, f"{p['learned']}/{p['n']}", ha="center", va="center", fontsize=7)
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(lengths)))
+        ax.set_xticklabels([f"{v:g}" for v in lengths])
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{c} · {a[2]}" for c, a in rows], fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cell · warm-up arm")
+        ax.set_title(task)
+        fig.colorbar(image, ax=ax, label="share of seeds that learned")
     fig.suptitle(title)
     fig.savefig(path)
     return Path(path)
@@ -188,7 +294,7 @@ def learning_curves(curves: pd.DataFrame, path: Path) -> Path:
             for (arm_steps, frac, arm), grp in sub.groupby(["arm_steps", "arm_fraction", "arm"]):
                 style = _style(arm_steps, frac, steps) | {"marker": None}
                 ax.plot(grp["step"], grp["valid_loss"], label=arm, **style)
-            _logy(ax, sub["valid_loss"])
+            _logy(ax, curves["valid_loss"])  # one scale for every panel: they compare
             ax.set_title(f"{task} · {cell} · length {length:g}")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

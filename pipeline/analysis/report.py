@@ -224,9 +224,14 @@ def build_report(trials: pd.DataFrame, curves: pd.DataFrame, out: str | Path, *,
     tasks = sorted(df["task.name"].astype(str).unique())
     one = len(tasks) == 1
     task = tasks[0] if one else "mixed"
+    success = stats.success_table(selected, threshold)
     files = {
+        "success_vs_length": figures.success_vs_length(
+            success, out / "success_vs_length.png", xlabel=length_name(task), threshold=threshold),
+        "overview": figures.overview(success, out / "overview.png", xlabel=length_name(task),
+                                     threshold=threshold),
         "error_vs_length": figures.error_vs_length(
-            points, out / "error_vs_length.png", xlabel=length_name(task),
+            selected, out / "error_vs_length.png", xlabel=length_name(task),
             ylabel=error_name(task), threshold=threshold),
         "tradeoff": figures.tradeoff(trade, out / "tradeoff.png", ylabel=error_name(task)),
         "vaa_vs_error": figures.vaa_vs_error(completed, out / "vaa_vs_error.png",
@@ -276,7 +281,19 @@ Task(s): {", ".join(tasks)}. Error: {error_name(task)}; length: {length_name(tas
 Trial rows (networks) by status, all statuses included.
 
 {md_table(_show(counts.reset_index(), one_task=True))}
+## Seeds that learned against length
+The share of seeds whose error is below the threshold **{thr}**, with Wilson 95% intervals: the
+memory claim in one picture.
+
+![success vs length]({files["success_vs_length"].name})
+
+![overview]({files["overview"].name})
+
+{md_table(_show(success, one_task=one).rename(columns={"share": "share learned",
+                                                        "low": "Wilson low", "high": "Wilson high"}))}
 ## Error against length
+A dot per seed, the line through the medians.
+
 ![error vs length]({files["error_vs_length"].name})
 
 {md_table(_show(points, one_task=one).rename(columns={"mean": "mean error", "half": "95% CI ±"}))}

@@ -111,6 +111,35 @@ def ci95(values: Sequence[float] | np.ndarray | pd.Series) -> tuple[float, float
     return mean, half, n
 
 
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """A share with its Wilson score 95% interval: ``(k / n, low, high)``; NaNs when n = 0.
+
+    low, high = (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), which stays inside
+    [0, 1] and is not degenerate at 0 or n successes (unlike p +- z sqrt(p(1-p)/n)).
+    """
+    if n <= 0:
+        return math.nan, math.nan, math.nan
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def success_table(selected: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per scientific point: the seeds that learned (error below ``threshold``) out of those that
+    completed, with the Wilson 95% interval of that share."""
+    cols = [*POINT, "learned", "n", "share", "low", "high"]
+    rows = []
+    for key, grp in selected.groupby(POINT, dropna=False, sort=True):
+        err = grp["test_error"].astype(float)
+        k, n = int((err < threshold).sum()), int(err.notna().sum())
+        share, low, high = wilson(k, n)
+        rows.append({**dict(zip(POINT, key, strict=True)), "learned": k, "n": n, "share": share,
+                     "low": low, "high": high})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def memory_horizon(lengths: Sequence[float], errors: Sequence[float],
                    threshold: float = 0.1) -> float:
     """The longest sequence length that is learned: mean test error strictly below ``threshold``.

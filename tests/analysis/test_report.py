@@ -236,7 +236,8 @@ def test_cli_writes_report_and_figures(results: Path, capsys: pytest.CaptureFixt
                         "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     text = (out / "report.md").read_text()
-    for name in ["error_vs_length", "tradeoff", "vaa_vs_error", "learning_curves"]:
+    for name in ["success_vs_length", "overview", "error_vs_length", "tradeoff", "vaa_vs_error",
+                 "learning_curves"]:
         assert f"({name}.png)" in text
         _assert_not_blank(out / f"{name}.png")
     assert "threshold **0.1**" in text and "Student-t" in text and "Memory horizon" in text
@@ -268,7 +269,7 @@ def test_cli_with_nothing_to_plot_still_draws_every_figure(tmp_path: Path) -> No
     assert report_cli.main(["--space", "toy", "--results", str(tmp_path)]) == 0
     for png in (tmp_path / "toy" / "report").glob("*.png"):
         _assert_not_blank(png)
-    assert len(list((tmp_path / "toy" / "report").glob("*.png"))) == 4
+    assert len(list((tmp_path / "toy" / "report").glob("*.png"))) == 6
 
 
 @pytest.mark.parametrize("case", ["no_space", "no_curves", "empty_trials", "unknown_experiment",
@@ -352,3 +353,43 @@ def test_two_protocols_are_never_pooled_and_smoke_runs_kept_apart(
     assert set(picked["experiment"]) == {"smk"}
     with pytest.raises(ValueError, match="only smoke runs: pass --smoke"):
         report.one_protocol(smoke)
+
+
+def test_every_figure_is_written_non_blank_with_labelled_axes(
+        results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+    drawn: list[tuple[str, Figure]] = []
+    real = Figure.savefig
+
+    def savefig(self: Figure, path: object, *args: object, **kw: object) -> None:
+        drawn.append((Path(str(path)).name, self))
+        real(self, path, *args, **kw)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = results / "figs"
+    assert report_cli.main(["--space", "toy", "--results", str(results), "--out", str(out)]) == 0
+    names = sorted(n for n, _ in drawn)
+    assert names == sorted(["success_vs_length.png", "overview.png", "error_vs_length.png",
+                            "tradeoff.png", "vaa_vs_error.png", "learning_curves.png"])
+    for name, fig in drawn:
+        _assert_not_blank(out / name)
+        assert fig._suptitle is not None and fig._suptitle.get_text(), name
+        panels = [ax for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"]
+        assert panels, name
+        for ax in panels:
+            assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title(), (name, ax)
+    success = dict(drawn)["success_vs_length.png"]
+    assert all(ax.get_ylim() == (-0.05, 1.05) for ax in success.axes if ax.axison)
+    trade = dict(drawn)["tradeoff.png"]
+    assert any("Pareto front" in t.get_text() for ax in trade.axes if ax.get_legend()
+               for t in ax.get_legend().get_texts())
+    errors = dict(drawn)["error_vs_length.png"]
+    assert any("threshold 0.1" in t.get_text() for ax in errors.axes if ax.get_legend()
+               for t in ax.get_legend().get_texts())
+
+
+def test_wilson_interval_by_hand() -> None:
+    share, low, high = stats.wilson(0, 5)
+    assert share == 0 and low == 0 and high == pytest.approx(0.4345, abs=1e-4)
+    share, low, high = stats.wilson(3, 10)
+    assert share == 0.3 and (low, high) == (pytest.approx(0.1078, abs=1e-4),
+                                            pytest.approx(0.6032, abs=1e-4))
