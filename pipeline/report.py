@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.analysis.report import build_report, load_table, one_protocol
 from pipeline.analysis.results import NAME, ResultsError, writable_folder
+from pipeline.core.config import parse_sets
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=None,
                    help="only the rows of this protocol (the trials' `protocol` column); needed "
                         "when the experiments held different things fixed")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only the rows with this config value (repeatable), e.g. "
+                        "model.hidden_size=64 when the sweep varies a key the report does not draw")
     p.add_argument("--smoke", action="store_true",
                    help="report the --smoke runs (kept apart from full runs by default)")
     p.add_argument("--select", choices=["best", "all"], default="best",
@@ -49,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         writable_folder(str(out.absolute()), "--out")
         trials = one_protocol(load_table(args.results, args.space, "trials", args.experiment),
                               protocol=args.protocol, smoke=args.smoke)
+        for key, value in parse_sets(args.where).items():
+            if key not in trials:
+                raise ValueError(f"--where {key}: the trials table has no such column")
+            trials = trials[trials[key] == value]
+            if trials.empty:
+                raise ValueError(f"no rows with {key}={value}")
         curves = load_table(args.results, args.space, "curves", args.experiment)
         curves = curves[curves.set_index(["experiment", "trial_id"]).index.isin(
             trials.set_index(["experiment", "trial_id"]).index)]

@@ -216,7 +216,13 @@ def build_report(trials: pd.DataFrame, curves: pd.DataFrame, out: str | Path, *,
     completed = df[df["status"] == "completed"]
     nuisance = stats.nuisance_keys(completed)
     hidden = stats.hidden_scientific_keys(completed)
-    selected, settings = stats.select_settings(completed, nuisance + hidden, select=select)
+    if hidden:  # "best settings" range over nuisance keys only, never over a scientific one
+        values = "; ".join(f"{k} = {', '.join(map(str, sorted(completed[k].dropna().unique())))}"
+                           for k in hidden)
+        raise ValueError(f"the sweep varies {', '.join(hidden)} between its points, which the "
+                         f"report does not draw ({values}); report one value at a time with "
+                         f"--where KEY=VALUE")
+    selected, settings = stats.select_settings(completed, nuisance, select=select)
     points = stats.point_table(selected)
     trade = stats.tradeoff_table(points, threshold)
     vaa = stats.vaa_table(completed)
@@ -261,8 +267,7 @@ Task(s): {", ".join(tasks)}. Error: {error_name(task)}; length: {length_name(tas
   is **cold**: its fraction is irrelevant and it is drawn as f = 0, "cold".
 - **Scientific point**: an arm at one length. **Nuisance** parameters are the config keys that vary
   within a point ({", ".join(f"`{k}`" for k in nuisance) or "none vary in these tables"}).{
-    "" if not hidden else " Caution: the scientific key(s) " + ", ".join(f"`{k}`" for k in hidden)
-    + " vary between the sweep's groups but are not drawn; the selection treats them as settings."}
+    ""}
 - **Which trials count**: error statistics use *completed* trials only. Pruned trials stopped early
   and have no final test error; diverged (NaN) and error trials have none either. All are counted
   below, and diverged/error trials are listed.

@@ -393,3 +393,22 @@ def test_wilson_interval_by_hand() -> None:
     share, low, high = stats.wilson(3, 10)
     assert share == 0.3 and (low, high) == (pytest.approx(0.1078, abs=1e-4),
                                             pytest.approx(0.6032, abs=1e-4))
+
+
+def test_a_scientific_key_the_report_does_not_draw_is_never_chosen_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    trials, curves = _tables()
+    trials = trials[trials["experiment"] == "exp1"]
+    wide = trials.assign(**{"model.hidden_size": 16, "trial_id": trials["trial_id"] + "w",
+                            "point": trials["point"].astype(str) + ",model.hidden_size=16"})
+    both = pd.concat([trials, wide])
+    for name, df in (("trials", both), ("curves", curves)):
+        (tmp_path / "toy" / name).mkdir(parents=True)
+        df.to_parquet(tmp_path / "toy" / name / "p.parquet", index=False)
+    argv = ["--space", "toy", "--results", str(tmp_path)]
+    assert report_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "varies model.hidden_size" in err and "--where KEY=VALUE" in err
+    assert report_cli.main([*argv, "--where", "model.hidden_size=16"]) == 0
+    text = (tmp_path / "toy" / "report" / "report.md").read_text()
+    assert "model.hidden_size=" not in text.split("## Best nuisance settings")[1]
