@@ -238,3 +238,25 @@ def test_agents_left_by_a_killed_local_ray_are_reaped_and_a_live_ray_untouched(
         time.sleep(0.5)
     assert _live_orphans(driver.pid) == []
     assert ray.get(ray.remote(lambda: 7).remote()) == 7  # the session's own Ray is untouched
+
+
+def test_ctrl_c_stops_cleanly_and_the_resume_is_exact(
+        ray_session: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--space", SPACE, "--results", str(tmp_path), "--address", ray_session,
+            "--max-concurrent", "2"]
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline.sweep", *base, "--experiment",
+                               "c"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    store = Store(str(tmp_path), "analytic", "c")
+    deadline = time.monotonic() + 120
+    while not store.exists(store.experiment_json) or len(store.trial_ids()) < 3:
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 1, err
+    assert "--resume c" in err and "Traceback" not in err, err
+    assert not (tmp_path / "analytic" / "experiments" / "c.lock").exists()  # released
+    assert main([*base, "--resume", "c"]) == 0
+    counts = audit(tmp_path, "analytic", "c")
+    assert sum(v for k, v in counts.items() if k != "orphans") == 24
