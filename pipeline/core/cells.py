@@ -204,20 +204,24 @@ class LSTM(Cell):
 
 class Chrono(LSTM):
     """LSTM with the chrono initialisation: forget bias log(u), input bias -log(u),
-    u ~ U[1, T_max - 1]; by default set on both torch bias vectors (doubling it), as the reference
-    code does."""
+    u ~ U[1, T_max - 1]; by default set on both torch bias vectors with an independent u for each
+    (an effective forget bias log u1 + log u2), as the reference code does; ``draws = "shared"``
+    writes one u into both (2 log u)."""
 
     def __init__(self, input_size: int, hidden_size: int, *, t_max: float = 600.0,
-                 double: bool = True) -> None:
+                 double: bool = True, draws: str = "independent") -> None:
         super().__init__(input_size, hidden_size)
         H = hidden_size
         with torch.no_grad():
             u = torch.empty(H).uniform_(1.0, t_max - 1.0)
             for k, bias in enumerate((self.rnn.bias_ih_l0, self.rnn.bias_hh_l0)):
                 bias.zero_()
-                if k == 0 or double:
-                    bias[H:2 * H] = torch.log(u)  # forget gate
-                    bias[0:H] = -torch.log(u)  # input gate
+                if k == 1 and not double:
+                    continue
+                if k == 1 and draws == "independent":  # the reference draws u again
+                    u = torch.empty(H).uniform_(1.0, t_max - 1.0)
+                bias[H:2 * H] = torch.log(u)  # forget gate
+                bias[0:H] = -torch.log(u)  # input gate
 
 
 class MGU(Cell):
@@ -375,10 +379,11 @@ def run_group(cells: Sequence[Cell], xs: Sequence[Tensor], states: Sequence[Stat
 
 
 def make_cell(name: str, input_size: int, hidden_size: int, *, chrono_t_max: float = 600.0,
-              chrono_double: bool = True) -> Cell:
+              chrono_double: bool = True, chrono_draws: str = "independent") -> Cell:
     """Build a cell by name (gru | lstm | chrono | mgu | brc | nbrc)."""
     if name == "chrono":
-        return Chrono(input_size, hidden_size, t_max=chrono_t_max, double=chrono_double)
+        return Chrono(input_size, hidden_size, t_max=chrono_t_max, double=chrono_double,
+                      draws=chrono_draws)
     classes = {"gru": GRU, "lstm": LSTM, "mgu": MGU, "brc": BRC, "nbrc": NBRC}
     if name not in classes:
         raise ValueError(f"unknown cell {name!r}; valid cells: gru, lstm, chrono, mgu, brc, nbrc")

@@ -27,6 +27,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "task.name": TASKS,
     "model.cell": CELLS,
     "warmup.update": WARMUP_UPDATES,
+    "warmup.pool": ("all", "train"),
+    "warmup.sampling": ("passes", "replacement"),
+    "task.permutation": ("reference", "seeded"),
+    "task.rows": ("permuted", "image"),
+    "model.chrono_draws": ("independent", "shared"),
     "device": DEVICES,
 }
 
@@ -38,15 +43,23 @@ class TaskConfig:
     seq_len: int = 100
     """Sequence length T of the synthetic tasks (ignored by the MNIST family, whose length is fixed)."""
     pad: int | None = None
-    """Padding: denoising's final quiet stretch (default 5); MNIST's trailing zero steps (default 0)."""
+    """Padding: denoising's final quiet stretch (default 5); MNIST's trailing zero steps (default 5,
+    the reference's)."""
     train_samples: int = 60_000
     """Generated/loaded training samples, split 80/20 into train and validation."""
     test_samples: int = 10_000
     """Size of the fresh test set."""
     data_dir: str | None = None
     """Folder with the MNIST files (IDX, gzipped or not, or mnist.npz). Never downloaded."""
+    permutation: str = "reference"
+    """The pixel permutation of perm_mnist and row_mnist: reference (the reference code's fixed
+    permutation, shipped as ``pipeline/core/data/mnist_permutation.txt``) | seeded (one drawn from
+    ``perm_seed``)."""
     perm_seed: int = 0
-    """Seed of the fixed pixel permutation of perm_mnist."""
+    """Seed of the permutation when ``permutation = seeded``."""
+    rows: str = "permuted"
+    """The 28 inputs of each row_mnist step: permuted (28 consecutive pixels of the permuted
+    sequence, as the reference builds them) | image (the image's own rows)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,10 @@ class ModelConfig:
     chrono_t_max: float = 600.0
     """T_max of the chrono initialisation (chrono cell only)."""
     chrono_double: bool = True
-    """Set the chrono bias on both torch bias vectors, doubling it, as the reference code does."""
+    """Set the chrono bias on both torch bias vectors, as the reference code does."""
+    chrono_draws: str = "independent"
+    """With ``chrono_double``: independent (a fresh u for each of the two vectors, so the effective
+    forget bias is log u1 + log u2, as the reference) | shared (one u written into both: 2 log u)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,12 @@ class WarmupConfig:
     """Parameters the warm-up may change: all (reference) | warm (warm parts only)."""
     detach_prefix: bool = False
     """Detach the sampled hidden states (no gradient through the prefix pass)."""
+    pool: str = "all"
+    """The inputs warm-up minibatches are drawn from: all (every generated training input, before
+    the 80/20 split, as the reference) | train (the training part only)."""
+    sampling: str = "passes"
+    """How: passes (without replacement: each pass a fresh permutation of the pool cut into
+    consecutive batches, the last one of a pass smaller, as the reference) | replacement."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +241,9 @@ class TrialConfig:
         """Padding length with the task's default filled in."""
         if self.task.pad is not None:
             return self.task.pad
-        return 5 if self.task.name == "denoising" else 0
+        if self.task.name == "denoising" or self.task.name in MNIST_TASKS:
+            return 5  # denoising's quiet stretch; MNIST's trailing zeros (the reference's P = 5)
+        return 0
 
     @property
     def warm_width(self) -> int:

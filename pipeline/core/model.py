@@ -67,7 +67,8 @@ class ParallelNet(nn.Module):
         H = cfg.hidden_size
         if not 0 <= warm_width <= H:
             raise ValueError(f"warm width must be in [0, {H}] but got {warm_width}")
-        kwargs = {"chrono_t_max": cfg.chrono_t_max, "chrono_double": cfg.chrono_double}
+        kwargs = {"chrono_t_max": cfg.chrono_t_max, "chrono_double": cfg.chrono_double,
+                  "chrono_draws": cfg.chrono_draws}
         self.layers = nn.ModuleList(
             ParallelLayer(cfg.cell, input_size if i == 0 else H, H, warm_width, **kwargs)
             for i in range(cfg.num_layers))

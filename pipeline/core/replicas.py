@@ -17,7 +17,7 @@ from pipeline.core.model import ParallelNet, build_model
 from pipeline.core.multistability import draw_lengths, layer_vaa_star, measure_vaa, sample_states
 from pipeline.core.outcomes import CURVE_FIELDS, RECORD_FIELDS, Diverged, StopTrial
 from pipeline.core.seeding import seed_trial
-from pipeline.core.tasks import build_task, on_device
+from pipeline.core.tasks import build_task, on_device, pooled
 from pipeline.core.train import Trainer, epoch_group, evaluate
 from pipeline.core.warmup import warmup_loop_group
 
@@ -145,8 +145,8 @@ def warmup_all(replicas: list[Replica], report: Report) -> None:
         return
     t0 = time.perf_counter()
     cfg, device = group[0].cfg.warmup, group[0].device
-    steps = warmup_loop_group([r.net for r in group], [r.task.train for r in group], cfg,
-                              [r.gen for r in group], device)
+    pools = [pooled(r.task) if cfg.pool == "all" else r.task.train for r in group]
+    steps = warmup_loop_group([r.net for r in group], pools, cfg, [r.gen for r in group], device)
     try:
         while True:
             try:

@@ -13,6 +13,7 @@ import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 import torch
@@ -161,7 +162,9 @@ def load_mnist(data_dir: str | None) -> dict[str, np.ndarray]:
 
 
 class MnistSequencer:
-    """uint8 images ``(B, 784)`` -> sequences ``(T + P, B, D)`` with pixels ``x/255 - 0.5``."""
+    """uint8 images ``(B, 784)`` -> sequences ``(T + P, B, D)`` with pixels ``x/255 - 0.5``: the
+    pixels in ``perm`` order (when given), one per step, or for row_mnist 28 per step (the rows
+    of the permuted sequence reshaped 28 x 28), then P zero steps."""
 
     def __init__(self, kind: str, pad: int, perm: Tensor | None) -> None:
         self.kind, self.pad, self.perm = kind, pad, perm
@@ -177,13 +180,32 @@ class MnistSequencer:
         return seq.contiguous()
 
 
+def reference_permutation() -> Tensor:
+    """The reference code's fixed permutation of the 784 pixel positions (input step t takes pixel
+    ``perm[t]`` of the flattened image), shipped with the package."""
+    text = resources.files("pipeline.core").joinpath("data/mnist_permutation.txt").read_text()
+    perm = torch.tensor([int(v) for v in text.split()], dtype=torch.int64)
+    if perm.numel() != 784 or not torch.equal(perm.sort().values, torch.arange(784)):
+        raise ValueError("pipeline/core/data/mnist_permutation.txt is not a permutation of 0..783")
+    return perm
+
+
+def mnist_permutation(cfg: TrialConfig) -> Tensor | None:
+    """The pixel order of the task: perm_mnist and (with ``task.rows = permuted``) row_mnist use
+    the reference's fixed permutation, or a seeded one (``task.permutation = seeded``); seq_mnist
+    and image rows none."""
+    name = cfg.task.name
+    if name == "seq_mnist" or (name == "row_mnist" and cfg.task.rows == "image"):
+        return None
+    if cfg.task.permutation == "seeded":
+        return torch.randperm(784, generator=torch.Generator().manual_seed(cfg.task.perm_seed))
+    return reference_permutation()
+
+
 def mnist_task(cfg: TrialConfig, gen: torch.Generator) -> Task:
     arrays = load_mnist(cfg.task.data_dir)
     name = cfg.task.name
-    perm = None
-    if name == "perm_mnist":
-        perm = torch.randperm(784, generator=torch.Generator().manual_seed(cfg.task.perm_seed))
-    seqr = MnistSequencer(name, cfg.pad, perm)
+    seqr = MnistSequencer(name, cfg.pad, mnist_permutation(cfg))
     tx = torch.from_numpy(arrays["train_x"].reshape(-1, 784).copy())
     ty = torch.from_numpy(arrays["train_y"].astype(np.int64))
     order = torch.randperm(tx.size(0), generator=gen)[:cfg.task.train_samples]
@@ -195,6 +217,15 @@ def mnist_task(cfg: TrialConfig, gen: torch.Generator) -> Task:
                 Split(tx[order[n_train:]], ty[order[n_train:]], seqr), Split(ex, ey, seqr),
                 input_size=28 if name == "row_mnist" else 1, output_size=10, out_steps=1,
                 classification=True, seq_len=steps)
+
+
+def pooled(task: Task) -> Split:
+    """Every generated training input, before the 80/20 split (train then valid, in generation
+    order for the synthetic tasks): the pool the reference draws warm-up minibatches from."""
+    t, v = task.train, task.valid
+    if t.make_seq is not None:  # MNIST: raw images, sequenced per batch
+        return Split(torch.cat([t.x, v.x]), torch.cat([t.y, v.y]), t.make_seq)
+    return Split(torch.cat([t.x, v.x], dim=1), torch.cat([t.y, v.y], dim=1))
 
 
 def build_task(cfg: TrialConfig, gen: torch.Generator) -> Task:
@@ -211,7 +242,7 @@ def build_task(cfg: TrialConfig, gen: torch.Generator) -> Task:
         test = denoising_data(cfg.task.test_samples, T, cfg.pad, gen)
         dims = (2, 1, 5)
     n_train = int(0.8 * n)
-    train = Split(full.x[:, :n_train], full.y[:, :n_train])
+    train = Split(full.x[:, :n_train], full.y[:, :n_train])  # the first 80% of generation order
     valid = Split(full.x[:, n_train:], full.y[:, n_train:])
     return Task(name, train, valid, test, input_size=dims[0], output_size=dims[1],
                 out_steps=dims[2], classification=False, seq_len=T)

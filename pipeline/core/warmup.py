@@ -32,16 +32,45 @@ def stabilisation_length(step: int, cfg: WarmupConfig, gen: torch.Generator) -> 
     return int(torch.randint(1, high + 1, (1,), generator=gen))
 
 
+class Minibatches:
+    """The warm-up's minibatches of one network: indices into its pool of inputs.
+
+    ``passes`` (the reference): each pass over the pool is a fresh random permutation cut into
+    consecutive batches, the last one of a pass smaller when the pool does not divide; every
+    input is used once per pass. ``replacement``: each batch drawn uniformly, with replacement.
+    All draws come from ``gen``, the network's data generator.
+    """
+
+    def __init__(self, size: int, batch_size: int, gen: torch.Generator, *,
+                 sampling: str = "passes") -> None:
+        if size < 1:
+            raise ValueError("the warm-up needs at least one input")
+        self.size, self.batch_size, self.gen, self.sampling = size, batch_size, gen, sampling
+        self._order: torch.Tensor | None = None
+        self._at = 0
+
+    def next(self) -> torch.Tensor:
+        if self.sampling == "replacement":
+            return torch.randint(self.size, (self.batch_size,), generator=self.gen)
+        if self._order is None or self._at >= self.size:
+            self._order, self._at = torch.randperm(self.size, generator=self.gen), 0
+        idx = self._order[self._at:self._at + self.batch_size]
+        self._at += idx.numel()
+        return idx
+
+
 def warmup_step(net: ParallelNet, opt: torch.optim.Optimizer, data: Split, step: int,
-                cfg: WarmupConfig, gen: torch.Generator, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                cfg: WarmupConfig, gen: torch.Generator, device: torch.device,
+                batches: Minibatches | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One warm-up step. Returns the loss and the per-layer VAA* (device tensors, detached)."""
-    return warmup_step_group([net], [opt], [data], step, cfg, [gen], device)[0]
+    batches = batches or Minibatches(len(data), cfg.batch_size, gen, sampling=cfg.sampling)
+    return warmup_step_group([net], [opt], [data], step, cfg, [gen], device, [batches])[0]
 
 
 def warmup_step_group(nets: Sequence[ParallelNet], opts: Sequence[torch.optim.Optimizer],
                       datas: Sequence[Split], step: int, cfg: WarmupConfig,
-                      gens: Sequence[torch.Generator], device: torch.device
+                      gens: Sequence[torch.Generator], device: torch.device,
+                      batches: Sequence[Minibatches] | None = None
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One warm-up step of several networks of one configuration (seed replicas), each with its own
     optimiser, data and generator, drawn from exactly as alone; the recurrent scans of all
@@ -51,13 +80,16 @@ def warmup_step_group(nets: Sequence[ParallelNet], opts: Sequence[torch.optim.Op
     Returns:
         Per network, the loss and the per-layer VAA* (device tensors, detached).
     """
+    if batches is None:  # a single step: its batch is the start of a fresh pass
+        batches = [Minibatches(len(d), cfg.batch_size, g, sampling=cfg.sampling)
+                   for d, g in zip(datas, gens, strict=True)]
     Ss, xs, lengths = [], [], []
-    for data, gen in zip(datas, gens, strict=True):
+    for data, gen, mb in zip(datas, gens, batches, strict=True):
         Ss.append(stabilisation_length(step, cfg, gen))
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+        idx = mb.next()
         x, _ = data.batch(to_device(idx, data.y.device))  # (T, B, I)
         xs.append(x.to(device))
-        lengths.append(draw_lengths(cfg.batch_size, x.size(0), gen))
+        lengths.append(draw_lengths(idx.numel(), x.size(0), gen))
     states = sample_states_group(nets, xs, lengths, detach=cfg.detach_prefix)
     vs = layer_vaa_star_group(nets, states, Ss, gens, cfg.eps)  # (L,) each
     losses = [(v - cfg.target).square().mean() for v in vs]
@@ -105,13 +137,16 @@ def warmup_loop_group(nets: Sequence[ParallelNet], datas: Sequence[Split], cfg: 
     """
     opts = [torch.optim.Adam(net.warm_parameters() if cfg.update == "warm" else list(net.parameters()),
                              lr=cfg.lr) for net in nets]
+    batches = [Minibatches(len(data), cfg.batch_size, gen, sampling=cfg.sampling)
+               for data, gen in zip(datas, gens, strict=True)]
     live = list(range(len(nets)))
     pending: list[tuple[int, list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
     for k in range(cfg.steps):
         if not live:
             return
         out = warmup_step_group([nets[i] for i in live], [opts[i] for i in live],
-                                [datas[i] for i in live], k, cfg, [gens[i] for i in live], device)
+                                [datas[i] for i in live], k, cfg, [gens[i] for i in live], device,
+                                [batches[i] for i in live])
         pending.append((k, list(live), out))
         if len(pending) < CHECK_EVERY and k < cfg.steps - 1:
             continue

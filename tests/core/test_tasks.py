@@ -12,6 +12,8 @@ import torch
 from pipeline.core.config import TrialConfig
 from pipeline.core.tasks import build_task, read_idx
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def cfg(**flat) -> TrialConfig:
     return TrialConfig.from_dict({"task.train_samples": 50, "task.test_samples": 20, **flat})
@@ -74,12 +76,48 @@ def test_mnist_from_local_files(tmp_path: Path, fmt: str, name: str) -> None:
     assert torch.all(x[steps:] == 0.0)
     pixels = torch.from_numpy(tex[:3].reshape(3, 784)).float() / 255 - 0.5
     seq = x[:steps].transpose(0, 1).reshape(3, 784)
-    if name == "perm_mnist":
-        assert not torch.equal(seq, pixels)
-        torch.testing.assert_close(seq.sort(dim=1).values, pixels.sort(dim=1).values)
-    else:
+    if name == "seq_mnist":
         torch.testing.assert_close(seq, pixels)
+    else:  # the reference: input step t takes pixel perm[t]; row_mnist's rows are of that order
+        perm = [int(v) for v in (ROOT / "pipeline" / "core" / "data" /
+                                 "mnist_permutation.txt").read_text().split()]
+        by_hand = torch.stack([pixels[:, p] for p in perm], dim=1)
+        torch.testing.assert_close(seq, by_hand, rtol=0, atol=0)
     assert torch.equal(y, torch.from_numpy(tey[:3].astype(np.int64)))
+    if name == "seq_mnist":
+        return
+    # the other readings, each an option: image rows; a seeded permutation
+    other = {"task.rows": "image"} if name == "row_mnist" else {"task.permutation": "seeded",
+                                                                 "task.perm_seed": 3}
+    c2 = cfg(**{"task.name": name, "task.data_dir": str(tmp_path), "task.pad": 7,
+                "task.train_samples": 30, "task.test_samples": 12, **other})
+    x2, _ = build_task(c2, torch.Generator().manual_seed(0)).test.batch(torch.arange(3))
+    seq2 = x2[:steps].transpose(0, 1).reshape(3, 784)
+    if name == "row_mnist":
+        torch.testing.assert_close(seq2, pixels)  # row r of step r: the image's own row
+    else:
+        drawn = torch.randperm(784, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(seq2, pixels[:, drawn], rtol=0, atol=0)
+
+
+def test_mnist_padding_defaults_to_the_reference_s_five(tmp_path: Path) -> None:
+    (trx, try_), (tex, tey) = _fake_mnist(10, 0), _fake_mnist(4, 1)
+    np.savez(tmp_path / "mnist.npz", x_train=trx, y_train=try_, x_test=tex, y_test=tey)
+    c = cfg(**{"task.name": "seq_mnist", "task.data_dir": str(tmp_path),
+               "task.train_samples": 10, "task.test_samples": 4})
+    assert c.pad == 5
+    x, _ = build_task(c, torch.Generator().manual_seed(0)).test.batch(torch.arange(2))
+    assert x.shape[0] == 784 + 5 and torch.all(x[784:] == 0.0)
+    assert cfg(**{"task.name": "copy"}).pad == 0  # the copy task has no padding
+
+
+def test_the_shipped_permutation_is_the_reference_s(tmp_path: Path) -> None:
+    from pipeline.core.tasks import reference_permutation
+    shipped = reference_permutation()
+    reference = ROOT.parent / "shared" / "data" / "mnist_permutation.txt"
+    if reference.exists():
+        assert shipped.tolist() == [int(v) for v in reference.read_text().split()]
+    assert sorted(shipped.tolist()) == list(range(784))
 
 
 def test_mnist_missing_files_are_a_clear_error(tmp_path: Path) -> None:
