@@ -336,6 +336,12 @@ def _resumed_space(args: argparse.Namespace, settings: dict[str, Any]) -> Search
                                   "sets": settings["sets"], "seed": settings["seed"],
                                   "num_samples": settings["definition"]["samples_per_point"]})
     space = plan_space(saved)
+    protocol = space.protocol(smoke=bool(settings["smoke"]))
+    if settings.get("protocol") not in (None, protocol):
+        raise BadInput(f"the protocol of experiment {settings['experiment']!r} changed since it "
+                       f"started ({settings['protocol']} then, {protocol} now: a default of the "
+                       f"code changed); resume it with the code that started it "
+                       f"({settings.get('git_sha')}), or start a new experiment")
     if json.loads(json.dumps(space.describe(), default=str)) != settings["definition"]:
         raise BadInput(f"the definition of space {args.space!r} changed since experiment "
                        f"{settings['experiment']!r} started; resume it with the code that "

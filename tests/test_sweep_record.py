@@ -138,6 +138,9 @@ def test_resume_refuses_a_space_edited_since_and_applies_resources(
     capsys.readouterr()
     assert main([*args, "--resume", "d"]) == 2
     assert "changed since experiment 'd' started" in capsys.readouterr().err
+    settings_path.write_text(json.dumps({**settings, "protocol": "0123456789"}))
+    assert main([*args, "--resume", "d"]) == 2  # a default of the code changed since
+    assert "the protocol of experiment 'd' changed" in capsys.readouterr().err
     settings_path.write_text(json.dumps(settings))
     assert main([*args, "--resume", "d", "--max-concurrent", "1", "--cpus-per-trial", "1"]) == 0
     assert "12/12 runs recorded, 0 to run" in capsys.readouterr().out
