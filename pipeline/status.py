@@ -11,7 +11,6 @@ last errors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -20,34 +19,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from pipeline.analysis.results import NAME, ResultsError, Store
+from pipeline.analysis.results import NAME, ResultsError, Store, lock_holder, lock_path
 
 __all__ = ["experiment_status", "main"]
 
 
 def _state(store: Store, settings: dict[str, Any]) -> str:
-    """``finished``, ``running (...)``, or ``stopped`` with what stopped it."""
+    """``finished``, ``running (...)`` (a process holds the experiment's lock), or ``stopped``."""
     if settings.get("finished_at"):
-        return f"finished at {settings['finished_at'][:19]}"
-    lock = f"{store.base}/experiments/{store.experiment}.lock"
-    try:
-        with open(lock) as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return "stopped (no sweep holds it)"
-    if not isinstance(info, dict):
-        return "stopped (no sweep holds it)"
-    host, pid = info.get("host"), info.get("pid")
-    if host != socket.gethostname():
-        return f"running on {host}, pid {pid}, since {info.get('started_at')} (as its lock says)"
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return f"stopped: its driver (pid {pid}) is gone (killed?)"
-    except PermissionError:
-        pass
-    return f"running: pid {pid} since {info.get('started_at')}"
+        return f"finished at {str(settings['finished_at'])[:19]}"
+    info = lock_holder(lock_path(store, settings.get("journal")))
+    if info is None:
+        return "stopped (no sweep holds its lock)"
+    host = info.get("host", "?")
+    where = "" if host == socket.gethostname() else f" on {host}"
+    return f"running: pid {info.get('pid', '?')}{where} since {info.get('started_at', '?')}"
 
 
 def _overlap(rows: pd.DataFrame) -> int:
@@ -72,6 +60,8 @@ def experiment_status(store: Store) -> dict[str, Any]:
     from pipeline.orchestration.journal import read_studies  # optuna: only when watching
 
     settings = store.read_json(store.experiment_json)
+    if not isinstance(settings, dict):
+        raise ResultsError(f"corrupt results file {store.experiment_json}: not a JSON object")
     rows = store.read("trials")
     rows = rows[rows["replica"].fillna(0) == 0]
     total = int(settings.get("trials", 0))
@@ -148,6 +138,11 @@ def _render(st: dict[str, Any], space: str, results: str) -> list[str]:
     return lines
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise ValueError(message)
+
+
 def _space_folder(space: str) -> str:
     """The results folder of ``--space``: a space's name (or ``module:attribute``) resolves to
     the name it writes under; any other name is taken as the folder itself."""
@@ -163,13 +158,12 @@ def _space_folder(space: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the status of a space's experiments; 0, or 2 with one line on bad input."""
-    p = argparse.ArgumentParser(prog="python -m pipeline.status",
-                                description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m pipeline.status", description=__doc__.split("\n")[0])
     p.add_argument("--space", required=True, help="the space (a folder under --results)")
     p.add_argument("--experiment", help="one experiment (default: every one of the space)")
     p.add_argument("--results", default="results", help="results root (default ./results)")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         space = _space_folder(args.space)
         if args.experiment is not None and not NAME.fullmatch(args.experiment):
             raise ValueError(f"--experiment {args.experiment!r} must be a name, not a path")
@@ -190,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"no experiment {exp!r} of space {space!r} under {args.results}")
             for line in _render(experiment_status(store), args.space, args.results):
                 print(line)
-    except (ValueError, ResultsError, OSError, KeyError) as exc:
+    except (ValueError, ResultsError, OSError, KeyError, pa.ArrowException) as exc:
         print(f"pipeline.status: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"-- as of {datetime.now(UTC).isoformat(timespec='seconds')}")

@@ -409,7 +409,7 @@ def _run_name(exp: str, storage: str, resume: bool) -> str:
 
 def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
     """Validate the environment, then run (or resume) the experiment. Returns the exit status."""
-    from pipeline.analysis.results import ExperimentLock, LockHeld, ResultsError, Store
+    from pipeline.analysis.results import ExperimentLock, LockHeld, ResultsError, Store, lock_path
 
     resume = args.resume is not None
     exp = _experiment_name(args, space or search_spaces.get(args.space))
@@ -433,18 +433,15 @@ def run(args: argparse.Namespace, space: SearchSpace | None) -> int:
     if not journal and not store.is_local:
         raise BadInput("--journal PATH is needed when --results is a URI: the Optuna journal is "
                        "a local file on the driver")
-    # One writer per experiment: the lock sits beside its settings (local results) or beside
-    # the journal, which is always a local file of the driver (a URI has no atomic create).
-    lock_path = f"{store.base}/experiments/{exp}.lock" if store.is_local else \
-        f"{os.path.abspath(journal)}.{exp}.lock"
-    lock = ExperimentLock(lock_path, command=" ".join(["python -m pipeline.sweep",
+    lock_file = lock_path(store, journal)  # one writer per experiment
+    lock = ExperimentLock(lock_file, command=" ".join(["python -m pipeline.sweep",
                                                        *(args.argv or sys.argv[1:])]))
     try:
         note = lock.acquire()
     except LockHeld as exc:
         raise BadInput(f"{exp}: {exc}") from None
     except OSError as exc:
-        raise BadInput(f"cannot create the lock {lock_path}: {exc}") from None
+        raise BadInput(f"cannot create the lock {lock_file}: {exc}") from None
     try:
         if note:
             print(f"sweep: note: {note}", file=sys.stderr, flush=True)
@@ -558,9 +555,13 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
                     "smoke": bool(settings["smoke"])}
         writer = ResultsWriter(settings["results"], space.name, exp, {**provenance(), **protocol},
                                searcher, halt)
+        recorded_rows = store.read("trials")
+        recorded_rows = recorded_rows[recorded_rows["replica"].fillna(0) == 0]
         progress = Progress(searcher.total, list(space.nuisance), space.metric,
                             epochs=epochs_of(space), done=rec.recorded, writer=writer,
-                            every_s=args.progress_every)
+                            every_s=args.progress_every, at_once=settings["max_concurrent"],
+                            counts={str(k): int(v) for k, v in
+                                    recorded_rows["status"].value_counts().items()})
         if searcher.remaining:
             try:
                 extra = [TensorBoardWriter(f"{store.base}/tensorboard/{exp}")] \
@@ -583,9 +584,10 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         if recorded >= searcher.total:
             try:
                 store.compact()
-                settings = {**settings, "finished_at": datetime.now(UTC).isoformat(),
-                            "wall_s": round(time.monotonic() - t0, 1)}
-                store.write_json(store.experiment_json, settings)
+                if not settings.get("finished_at"):  # a finished one keeps its own timing
+                    settings = {**settings, "finished_at": datetime.now(UTC).isoformat(),
+                                "wall_s": round(time.monotonic() - t0, 1)}
+                    store.write_json(store.experiment_json, settings)
             except OSError as exc:
                 print(f"sweep: error: every run is recorded, but finishing the tables failed: "
                       f"{exc}; the rows are intact; rerun: {_resume_hint(args, store, exp)}",
@@ -662,7 +664,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BadInput(str(exc)) from None
             return run(args, None)
         space = plan_space(args)
-        if args.if_exists == "resume" and not args.dry_run and args.experiment:
+        if args.if_exists == "resume" and not args.experiment:
+            raise BadInput("--if-exists resume needs --experiment NAME (a generated name never "
+                           "exists, so every resubmission would start afresh)")
+        if args.if_exists == "resume" and not args.dry_run:
             resumed = _resume_if_exists(args, space)
             if resumed is not None:
                 return run(resumed, None)

@@ -258,7 +258,8 @@ class SearchSpace:
         fixed.update({k: coerce(k, v) for k, v in self.fixed.items() if k not in varied})
         fixed.pop("replicas", None)
         body = {"fixed": fixed, "seeds": self.seeds, "objective": self.objective,
-                "metric": self.metric, "mode": self.mode, "smoke": bool(smoke)}
+                "metric": self.metric, "mode": self.mode, "smoke": bool(smoke),
+                "revision": PROTOCOL_REVISION}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode())
         return digest.hexdigest()[:10]
 
@@ -273,6 +274,12 @@ class SearchSpace:
                 "seeds": self.seeds, "samples_per_point": self.samples_per_point,
                 "inactive": [dataclasses.asdict(r) for r in self.inactive],
                 "objective": self.objective}
+
+
+PROTOCOL_REVISION = 2
+"""Bumped whenever the code changes what a config means (a default resolved in code, a sampling
+rule): 2 = the reference's fidelity defaults (chrono's two draws, warm-up passes over all inputs,
+the fixed MNIST permutation and its rows, MNIST padding 5). Part of every protocol's hash."""
 
 
 def point_key(point: Mapping[str, Any]) -> str:

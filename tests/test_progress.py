@@ -103,3 +103,21 @@ def test_tensorboard_is_off_by_default(ray_session: str, tmp_path: Path) -> None
     assert main(["--space", "tests.analytic:SPACE", "--results", str(tmp_path), "--address",
                  ray_session, "--experiment", "off"]) == 0
     assert not (tmp_path / "analytic" / "tensorboard").exists()
+
+
+def test_a_failing_tensorboard_view_turns_itself_off_and_the_resumed_view_counts(
+        tmp_path: Path) -> None:
+    import io
+
+    from pipeline.orchestration.callbacks import Progress, TensorBoardWriter
+
+    class T:
+        trial_id, config, last_result, num_failures = "t1", {"sweep.run": "p0-s0"}, {}, 0
+    (tmp_path / "afile").write_text("x")
+    tb = TensorBoardWriter(str(tmp_path / "afile" / "tb"))  # cannot be created
+    tb.on_trial_start(0, [], T())
+    tb.on_trial_result(0, [], T(), {"phase": "train", "step": 1, "valid_loss": 1.0})
+    assert tb.failed and "Error" in tb.failed  # logged once, never raised into Tune
+    view = Progress(10, [], "valid_loss", epochs=4, done=4, out=io.StringIO(), live=False,
+                    counts={"completed": 3, "pruned": 1}, at_once=2)
+    assert view.view().startswith("done: 3 completed 1 pruned | running 0 | pending 6")

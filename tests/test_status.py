@@ -65,7 +65,7 @@ def test_status_of_a_running_a_killed_and_a_finished_sweep(
     out = _status(capsys, tmp_path, "--experiment", "w")
     counts = _recorded(tmp_path)
     n = sum(counts.values())
-    assert f"stopped: its driver (pid {driver.pid}) is gone" in out
+    assert "stopped (no sweep holds its lock)" in out  # the kernel dropped the killed one's
     shown = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     assert f"runs: {n}/6 recorded ({shown})" in out
     if n < 6:
@@ -85,3 +85,13 @@ def test_status_refuses_what_is_not_there(tmp_path: Path,
     assert status(["--space", "../etc", "--results", str(tmp_path)]) == 2
     assert status(["--space", "copy_task", "--experiment", "../x"]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_status_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "analytic" / "experiments").mkdir(parents=True)
+    (tmp_path / "analytic" / "experiments" / "x.json").write_text("[1]")
+    assert status(["--space", "tests.analytic:SPACE", "--results", str(tmp_path)]) == 2
+    assert "not a JSON object" in capsys.readouterr().err
+    assert status(["--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pipeline.status: error:")

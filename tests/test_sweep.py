@@ -58,7 +58,8 @@ _CASES = ["space", "key", "value", "type", "address", "unwritable", "uri", "corr
           "max-failures", "chrono-nan", "corrupt-data", "wrong-type", "storage-file",
           "resume-set", "resume-smoke", "resume-old-format", "locked", "reused-name",
           "reused-study", "not-ray", "memory-dry-run", "journal-middle", "too-many-runs",
-          "journal-not-journal", "journal-folder", "settings-not-object", "settings-missing"]
+          "journal-not-journal", "journal-folder", "settings-not-object", "settings-missing",
+          "if-exists-unnamed", "denoising-pad"]
 
 
 def _write_trials_file(path: Path, **columns: object) -> None:
@@ -92,7 +93,9 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
               "memory-dry-run": "needs at least", "journal-middle": "corrupt results file",
               "too-many-runs": "more than one experiment holds",
               "journal-not-journal": "corrupt results file", "journal-folder": "is a folder",
-              "settings-not-object": "not a JSON object", "settings-missing": "lacks"}[case]
+              "settings-not-object": "not a JSON object", "settings-missing": "lacks",
+              "if-exists-unnamed": "--if-exists resume needs --experiment",
+              "denoising-pad": "too short for denoising"}[case]
     if case == "space":
         argv[1] = "no_such_space"
     elif case == "key":
@@ -182,6 +185,10 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path,
     elif case == "journal-middle":  # a cut line that is not the last: not repairable
         (results / "analytic").mkdir(parents=True)
         (results / "analytic" / "optuna.journal").write_text('{"op_code": 0\n{"op_code": 1}\n')
+    elif case == "if-exists-unnamed":
+        argv[4:6] = ["--if-exists", "resume"]
+    elif case == "denoising-pad":
+        argv += ["--set", "task.name=denoising", "--set", "task.pad=2"]
     elif case == "too-many-runs":
         argv += ["--num-samples", str(10**12)]
     elif case == "journal-not-journal":  # never "mended": it is not the experiment's journal

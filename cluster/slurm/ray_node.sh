@@ -8,11 +8,14 @@ role="$1"
 target="$2"
 ip="${RAY_NODE_IP:-$(hostname -I | awk '{print $1}')}"
 tmp="${RAY_TMP_ROOT:-/tmp}/r${SLURM_JOB_ID:-0}-${role:0:1}${SLURM_PROCID:-0}"  # short: socket paths
-gpus="${SLURM_GPUS_PER_NODE:-0}"
-common=(--block --node-ip-address="$ip" --num-cpus="${SLURM_CPUS_PER_TASK:-1}"
-        --num-gpus="${gpus##*:}" --temp-dir="$tmp")
+common=(--block --node-ip-address="$ip" --num-cpus="${SLURM_CPUS_PER_TASK:-1}" --temp-dir="$tmp")
+# The GPUs Slurm gave this node (--gpus-per-node, --gres=gpu:N or --gpus=N all set
+# SLURM_GPUS_ON_NODE); without it Ray counts the GPUs it can see (CUDA_VISIBLE_DEVICES).
+gpus="${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}"
+[[ -n "$gpus" ]] && common+=(--num-gpus="${gpus##*:}")
 if [[ "$role" == head ]]; then
-  exec ray start --head --port="$target" --include-dashboard=false "${common[@]}"
+  exec ray start --head --port="$target" --ray-client-server-port="${RAY_CLIENT_PORT:-10001}" \
+    --include-dashboard=false "${common[@]}"
 else
   exec ray start --address="$target" "${common[@]}"
 fi

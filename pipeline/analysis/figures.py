@@ -71,6 +71,17 @@ def _length_axis(ax: Axes, lengths: Sequence[float], xlabel: str) -> None:
     ax.set_xlabel(xlabel)
 
 
+def _dodge(lengths: pd.Series, k: int, n: int, all_lengths: Sequence[float]) -> pd.Series:
+    """The ``k``-th of ``n`` arms moved aside at each length, so that none hides another: by a
+    factor on a log axis, by a share of the range on a linear one (lengths include 0)."""
+    step = k - (n - 1) / 2
+    values = sorted({float(v) for v in all_lengths})
+    if values and values[0] > 0 and len(values) > 1:
+        return lengths * (1 + 0.035 * step)
+    span = (values[-1] - values[0]) if len(values) > 1 else 1.0
+    return lengths + 0.012 * span * step
+
+
 def _arms(df: pd.DataFrame) -> list[tuple[int, float, str]]:
     """The arms in a stable order: cold first, then by steps, then by fraction."""
     arms = df[["arm_steps", "arm_fraction", "arm"]].drop_duplicates()
@@ -98,8 +109,8 @@ def success_vs_length(success: pd.DataFrame, path: Path, *, xlabel: str,
             grp = grp.sort_values("length")
             err = np.clip(np.vstack([grp["share"] - grp["low"], grp["high"] - grp["share"]]),
                           0.0, None)  # rounding at 0 or n successes
-            dodge = 1 + 0.035 * (n_arm - (len(arms) - 1) / 2)  # arms side by side: none hidden
-            ax.errorbar(grp["length"] * dodge, grp["share"], yerr=err, label=arm, capsize=3,
+            ax.errorbar(_dodge(grp["length"], n_arm, len(arms), sub["length"]), grp["share"],
+                        yerr=err, label=arm, capsize=3,
                         **_style(arm_steps, frac, steps))
         _length_axis(ax, sub["length"], xlabel)
         ax.set_ylim(-0.05, 1.05)
@@ -134,9 +145,8 @@ def error_vs_length(selected: pd.DataFrame, path: Path, *, xlabel: str, ylabel: 
             for n_arm, (arm_steps, frac, arm) in enumerate(arms):
                 grp = panel[(panel["arm_steps"] == arm_steps) & (panel["arm_fraction"] == frac)]
                 style = _style(arm_steps, frac, steps)
-                # dots side by side at each length, so that no arm hides another
-                dodge = 1 + 0.04 * (n_arm - (len(arms) - 1) / 2)
-                ax.scatter(grp["length"] * dodge, grp["test_error"], s=12, alpha=0.6,
+                ax.scatter(_dodge(grp["length"], n_arm, len(arms), panel["length"]),
+                           grp["test_error"], s=12, alpha=0.6,
                            color=style["color"], zorder=3)
                 med = grp.groupby("length")["test_error"].median()
                 ax.plot(med.index, med.values, color=style["color"],

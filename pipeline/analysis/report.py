@@ -135,6 +135,7 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     df["status"] = df["status"].astype(str)
     mnist = df["task.name"].astype(str).isin(MNIST_TASKS)
     pad = df["task.pad"] if "task.pad" in df else pd.Series(0.0, index=df.index)
+    # rows carry the padding that ran; a missing one predates that and meant the old default, 0
     df["length"] = pad.astype(float).fillna(0.0).where(mnist, df["task.seq_len"].astype(float))
     acc = df["test_accuracy"] if "test_accuracy" in df else pd.Series(float("nan"), index=df.index)
     df["test_error"] = (1.0 - acc.astype(float)).where(mnist, df["test_loss"].astype(float))

@@ -50,7 +50,8 @@ from pipeline.core.config import TrialConfig, field_type
 
 __all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "NAME", "ExperimentLock", "LockHeld",
            "ResultsError",
-           "Store", "load", "provenance", "record_rows", "writable_folder"]
+           "Store", "load", "lock_holder", "lock_path", "provenance", "record_rows",
+           "writable_folder"]
 
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 _UTC = pa.timestamp("us", tz="UTC")
@@ -388,6 +389,36 @@ class Store:
             _fsync(os.path.dirname(folder))
             shutil.rmtree(staging)  # now the old per-run files
         return True
+
+
+def lock_path(store: Store, journal: str | None) -> str:
+    """Where an experiment's lock lives: beside its settings for local results, else beside its
+    journal (always a local file of the driver; a URI has no atomic create)."""
+    if store.is_local:
+        return f"{store.base}/experiments/{store.experiment}.lock"
+    return f"{os.path.abspath(journal or '.')}.{store.experiment}.lock"
+
+
+def lock_holder(path: str) -> dict[str, Any] | None:
+    """The live holder of the lock at ``path`` (its recorded host, pid, start), or None when no
+    process holds it. Reads only: a shared lock is tried and dropped at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                info = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+            except ValueError:
+                info = {}
+            return info if isinstance(info, dict) else {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class LockHeld(Exception):

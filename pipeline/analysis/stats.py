@@ -253,7 +253,13 @@ def hidden_scientific_keys(completed: pd.DataFrame) -> list[str]:
     These are scientific parameters of the sweep that the report's axes do not show; the report
     names them, and treats their values like settings when selecting (see :func:`select_settings`).
     """
-    keys = _config_keys(completed)
+    from pipeline.core.config import TrialConfig  # stdlib-only module
+
+    # placement, seeds, and the keys the arm columns already cover (a cold network's fraction
+    # and steps are collapsed into the cold arm); the length's own key is constant per point
+    placement = {"seed", "replicas", "device", "task.data_dir", "task.name", "model.cell",
+                 "warmup.steps", "warmup.fraction"}
+    keys = [k for k in TrialConfig.keys() if k in completed.columns and k not in placement]
     if completed.empty or not keys or _group_column(completed) is None:
         return []
     nuisance = set(nuisance_keys(completed))

@@ -224,6 +224,9 @@ class TrialConfig:
             raise ValueError(f"warmup.target must be finite but got {d['warmup.target']!r}")
         if d["task.pad"] is not None and d["task.pad"] < 0:
             raise ValueError(f"task.pad must be >= 0 but got {d['task.pad']!r}")
+        if self.task.name == "denoising" and self.pad < 5:
+            raise ValueError(f"task.pad={self.pad} is too short for denoising: its 5 marks must lie "
+                             f"before the -1 marker at T-5, so pad must be >= 5")
         if self.task.name == "denoising" and self.task.seq_len < self.pad + 5 + 1:
             raise ValueError(
                 f"task.seq_len={self.task.seq_len} is too short for denoising with pad={self.pad}: "

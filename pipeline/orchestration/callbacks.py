@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -182,6 +182,9 @@ class ResultsWriter(tune.Callback):
             record = self._rebuild(trial.config, partial, status)
             if error:
                 record["error"] = _error_text(trial)
+        if record.get("task.pad") is None:  # the row says the padding that ran
+            with contextlib.suppress(ValueError, KeyError):
+                record["task.pad"] = TrialConfig.from_dict(_whole_config(trial.config)).pad
         objective = result.get("objective") if status == "completed" else None
         meta = {"status": status,  # the row says what Optuna is told
                 "point": trial.config.get(f"{META_PREFIX}point"),
@@ -234,6 +237,16 @@ class TensorBoardWriter(tune.Callback):
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self._writers: dict[str, Any] = {}
+        self.failed: str | None = None  # a view: a failure turns it off, never stops the sweep
+
+    def _guard(self, hook: Callable[[], None]) -> None:
+        if self.failed is not None:
+            return
+        try:
+            hook()
+        except Exception as exc:  # noqa: BLE001 - a full disk, permissions
+            self.failed = f"{type(exc).__name__}: {exc}"
+            logger.warning("TensorBoard files turned off: %s", self.failed)
 
     def _writer(self, trial: Trial, *, fresh: bool = False) -> Any:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -262,14 +275,17 @@ class TensorBoardWriter(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                        ) -> None:
-        self._writer(trial, fresh=True)
+        self._guard(lambda: self._writer(trial, fresh=True))
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                          ) -> None:
-        self._writer(trial, fresh=True)
+        self._guard(lambda: self._writer(trial, fresh=True))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
+        self._guard(lambda: self._result(trial, result))
+
+    def _result(self, trial: Trial, result: dict[str, Any]) -> None:
         if result.get("phase") != "train":
             return
         if "warmup_curve" in result:
@@ -286,15 +302,16 @@ class TensorBoardWriter(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                           ) -> None:
-        self._close(trial)
+        self._guard(lambda: self._close(trial))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
                        ) -> None:
-        self._close(trial)
+        self._guard(lambda: self._close(trial))
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for writer in self._writers.values():
-            writer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
         self._writers.clear()
 
 
@@ -321,11 +338,14 @@ class Progress(tune.Callback):
 
     def __init__(self, total: int, nuisance: Sequence[str], metric: str, *, epochs: int = 0,
                  done: int = 0, every_s: float = 60.0, out: TextIO | None = None,
-                 writer: ResultsWriter | None = None, live: bool | None = None) -> None:
+                 writer: ResultsWriter | None = None, live: bool | None = None,
+                 counts: Mapping[str, int] | None = None, at_once: int | None = None) -> None:
         self.total, self.nuisance, self.metric, self.epochs = total, list(nuisance), metric, epochs
         self.writer = writer
         self.done, self.every_s, self.out = done, every_s, out
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = dict(counts or {})  # a resume starts from the record's
+        self.at_once = at_once  # trials at once (--max-concurrent), else the most seen running
+        self._peak = 1
         self.running: dict[str, dict[str, Any]] = {}  # Tune trial id -> run, cell, epoch, times
         self.best: dict[str, float] = {}              # cell -> best validation loss so far
         self.epoch_s: list[float] = []                # measured epoch durations
@@ -387,7 +407,14 @@ class Progress(tune.Callback):
         self.running[trial.trial_id] = {
             "run": trial.config.get(f"{META_PREFIX}run", trial.trial_id),
             "cell": trial.config.get("model.cell", "?"), "epoch": 0, "at": time.monotonic()}
+        self._peak = max(self._peak, len(self.running))
         self._draw()
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+                         ) -> None:
+        state = self.running.get(trial.trial_id)
+        if state is not None:  # the retry starts from epoch 0: no epoch time spans the restart
+            state.update(epoch=0, at=time.monotonic())
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
@@ -465,7 +492,7 @@ class Progress(tune.Callback):
         pending = max(0, self.total - self.done - len(self.running))
         left = sum(max(0, self.epochs - r["epoch"]) for r in self.running.values())
         left += pending * self.epochs
-        return left * per_epoch / max(1, len(self.running))
+        return left * per_epoch / max(1, self.at_once or self._peak)
 
     def view(self) -> str:
         """The live view as one line (see the class docstring)."""

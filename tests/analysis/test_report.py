@@ -412,3 +412,17 @@ def test_a_scientific_key_the_report_does_not_draw_is_never_chosen_over(
     assert report_cli.main([*argv, "--where", "model.hidden_size=16"]) == 0
     text = (tmp_path / "toy" / "report" / "report.md").read_text()
     assert "model.hidden_size=" not in text.split("## Best nuisance settings")[1]
+
+
+def test_a_hidden_padding_in_denoising_is_named(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    trials, curves = _tables()
+    trials = trials[trials["experiment"] == "exp1"].assign(**{"task.name": "denoising",
+                                                               "task.pad": 5})
+    wide = trials.assign(**{"task.pad": 9, "trial_id": trials["trial_id"] + "p",
+                            "point": trials["point"].astype(str) + ",pad=9"})
+    for name, df in (("trials", pd.concat([trials, wide])), ("curves", curves)):
+        (tmp_path / "toy" / name).mkdir(parents=True)
+        df.to_parquet(tmp_path / "toy" / name / "p.parquet", index=False)
+    assert report_cli.main(["--space", "toy", "--results", str(tmp_path)]) == 2
+    assert "varies task.pad" in capsys.readouterr().err
