@@ -304,3 +304,13 @@ def test_the_plan_says_what_the_sampler_really_does(capsys: pytest.CaptureFixtur
     assert main(["--space", "copy_task", "--dry-run", "--num-samples", "20"]) == 0
     out = capsys.readouterr().out
     assert "one tpe study per point" in out
+
+
+def test_the_experiment_log_holds_no_metrics_noise(ray_session: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", f"{SUPPORT}:SPACE", "--results", str(tmp_path), "--address",
+                 ray_session, "--experiment", "quiet"]) == 0
+    log = (tmp_path / "analytic" / "experiments" / "quiet.log").read_text()
+    assert "fetch metrics" not in log
+    out, err = capsys.readouterr()
+    assert "fetch metrics" not in out + err

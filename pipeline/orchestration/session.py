@@ -170,9 +170,20 @@ def check_resources(cpus: float, gpus: float) -> tuple[float, float]:
     return cpus, gpus
 
 
+_NOISE = ("Failed to fetch metrics for", "Could not fetch metrics for")
+"""Tune's complaints that trials have no result.json/progress.csv: the sweep turns Tune's own
+loggers off on purpose (Parquet is the record), so they say nothing."""
+
+
 class _LogFile(logging.FileHandler):
     """The experiment's log file. A record it cannot write (a full disk) is dropped, silently:
-    the sweep reports the failure that matters (its record) in one line of its own."""
+    the sweep reports the failure that matters (its record) in one line of its own. Tune's
+    "could not fetch metrics" noise (see :data:`_NOISE`) is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_NOISE):
+            return False
+        return bool(super().filter(record))
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         pass
