@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.analysis.results import NAME, ResultsError, Store, lock_holder, lock_path
+from pipeline.analysis.results import NAME, ResultsError, Store, duration, lock_holder, lock_path
 
 __all__ = ["experiment_status", "main"]
 
@@ -47,12 +47,6 @@ def _overlap(rows: pd.DataFrame) -> int:
         now += step
         peak = max(peak, now)
     return max(1, peak)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def experiment_status(store: Store) -> dict[str, Any]:
@@ -121,8 +115,8 @@ def _render(st: dict[str, Any], space: str, results: str) -> list[str]:
                                                              key=lambda r: r["run"])))
     if st["eta"] and not st["state"].startswith("finished"):
         e = st["eta"]
-        lines.append(f"  ETA about {_duration(e['seconds'])} while running (runs take "
-                     f"{_duration(e['mean_run_s'])} on average, {e['at_once']} at a time)")
+        lines.append(f"  ETA about {duration(e['seconds'])} while running (runs take "
+                     f"{duration(e['mean_run_s'])} on average, {e['at_once']} at a time)")
     if st["state"].startswith("stopped") and st["recorded"] < st["total"]:
         lines.append(f"  finish it with: python -m pipeline.sweep --space {space} --results "
                      f"{results} --resume {st['experiment']}")

@@ -488,9 +488,10 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
         make_sampler(settings["sampler"] if settings else _opt(args, "sampler"), 0)
     except (ValueError, ResultsError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    if settings is not None and not os.path.isfile(journal) and store.trial_ids():
+    recorded_ids = store.trial_ids() if settings is not None else set()
+    if recorded_ids and not os.path.isfile(journal):
         raise BadInput(f"the journal {journal} is gone: its studies cannot be reconciled with the "
-                       f"{len(store.trial_ids())} recorded rows; restore it, or start a new "
+                       f"{len(recorded_ids)} recorded rows; restore it, or start a new "
                        f"experiment")
     if cut:
         print(f"sweep: note: cut an incomplete last line ({cut} bytes) off {journal}: a write "

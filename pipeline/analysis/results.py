@@ -50,7 +50,7 @@ from pipeline.core.config import TrialConfig, field_type
 
 __all__ = ["CURVES_SCHEMA", "TABLES", "TRIALS_SCHEMA", "NAME", "ExperimentLock", "LockHeld",
            "ResultsError",
-           "Store", "load", "lock_holder", "lock_path", "provenance", "record_rows",
+           "Store", "duration", "load", "lock_holder", "lock_path", "provenance", "record_rows",
            "writable_folder"]
 
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
@@ -389,6 +389,13 @@ class Store:
             _fsync(os.path.dirname(folder))
             shutil.rmtree(staging)  # now the old per-run files
         return True
+
+
+def duration(seconds: float) -> str:
+    """``4m05s``, or ``1h07m`` from an hour on (the sweep's live view and its status)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def lock_path(store: Store, journal: str | None) -> str:

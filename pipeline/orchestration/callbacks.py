@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ray import tune
 
-from pipeline.analysis.results import Store, record_rows
+from pipeline.analysis.results import Store, duration, record_rows
 from pipeline.core.config import TrialConfig
 from pipeline.orchestration.trainable import CURVE_KEYS, META_PREFIX
 
@@ -506,8 +506,8 @@ class Progress(tune.Callback):
         best = " ".join(f"{c} {v:.3g}" for c, v in sorted(self.best.items()))
         parts = [f"done: {counts}", f"running {len(self.running)}"
                  + (f" ({running}{more})" if running else ""), f"pending {pending}",
-                 f"elapsed {_clock(time.monotonic() - self._t0)}",
-                 f"ETA {_clock(eta) if eta is not None else '?'}"]
+                 f"elapsed {duration(time.monotonic() - self._t0)}",
+                 f"ETA {duration(eta) if eta is not None else '?'}"]
         if best:
             parts.append(f"best {self.metric}: {best}")
         return " | ".join(parts)
@@ -515,9 +515,3 @@ class Progress(tune.Callback):
     def summary(self) -> str:
         """The plain periodic line."""
         return f"-- {self.done}/{self.total} runs | {self.view()}"
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
