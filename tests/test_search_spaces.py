@@ -13,7 +13,7 @@ from search_spaces.space import LogUniform, estimate_core_hours, point_key
 
 
 def test_registry_lists_the_shipped_spaces() -> None:
-    assert search_spaces.names() == ["copy_cpu", "copy_task", "denoising", "seq_mnist"]
+    assert search_spaces.names() == ["copy_cpu", "copy_task", "denoising", "seq_mnist", "study_cpu"]
     for name in search_spaces.names():
         space = search_spaces.get(name)
         assert space.name == name

@@ -28,7 +28,7 @@ def _settings(results: Path, space: str, exp: str) -> dict:
 def test_list_spaces_and_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, out, _ = _run(capsys, "--list-spaces")
     assert rc == 0 and [line.split()[0] for line in out.splitlines()] == [
-        "copy_cpu", "copy_task", "denoising", "seq_mnist"]
+        "copy_cpu", "copy_task", "denoising", "seq_mnist", "study_cpu"]
     rc, out, _ = _run(capsys, "--space", "copy_task", "--dry-run", "--results", str(tmp_path))
     assert rc == 0
     assert "108 scientific points x 4 samples = 432 trials" in out
