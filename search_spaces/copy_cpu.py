@@ -6,6 +6,7 @@ effect to show: at T = 50 and beyond a cold GRU stays at chance while a warmed o
 
 from __future__ import annotations
 
+from search_spaces.protocol import CPU
 from search_spaces.space import Choice, Inactive, SearchSpace, Smoke
 
 SPACE = SearchSpace(
@@ -18,19 +19,7 @@ SPACE = SearchSpace(
         "warmup.fraction": (0.5, 1.0),
     },
     nuisance={"train.lr": Choice((3e-3,))},
-    fixed={
-        "task.name": "copy",
-        "model.hidden_size": 32,
-        "model.num_layers": 2,
-        "task.train_samples": 3000,
-        "task.test_samples": 1000,
-        "train.epochs": 10,
-        "train.batch_size": 32,
-        "vaa.steps": 1000,
-        "vaa.estimates": 2,
-        "vaa.every": 1,
-        "device": "cpu",
-    },
+    fixed={"task.name": "copy", **CPU},
     seeds=3,
     samples_per_point=1,
     inactive=(Inactive("warmup.fraction", "warmup.steps", 0, 0.0),),

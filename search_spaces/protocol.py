@@ -33,3 +33,17 @@ TINY: dict[str, Any] = {
     "device": "cpu",
 }
 """A protocol small enough for ``--smoke`` (seconds per trial on one CPU core)."""
+
+CPU: dict[str, Any] = {
+    "model.hidden_size": 32,
+    "model.num_layers": 2,
+    "task.train_samples": 3000,
+    "task.test_samples": 1000,
+    "train.epochs": 10,
+    "train.batch_size": 32,
+    "vaa.steps": 1000,
+    "vaa.estimates": 2,
+    "vaa.every": 1,
+    "device": "cpu",
+}
+"""The CPU-scale protocol of the studies behind REPRODUCTION.md (``copy_cpu``, ``study_cpu``)."""

@@ -10,6 +10,7 @@ success rate needs the seeds (REPRODUCTION.md, "What this study does not show").
 
 from __future__ import annotations
 
+from search_spaces.protocol import CPU
 from search_spaces.space import Choice, Inactive, SearchSpace, Smoke
 
 SPACE = SearchSpace(
@@ -24,18 +25,7 @@ SPACE = SearchSpace(
         "warmup.fraction": (0.25, 0.5, 0.75, 1.0),
     },
     nuisance={"train.lr": Choice((3e-3,))},
-    fixed={
-        "model.hidden_size": 32,
-        "model.num_layers": 2,
-        "task.train_samples": 3000,
-        "task.test_samples": 1000,
-        "train.epochs": 10,
-        "train.batch_size": 32,
-        "vaa.steps": 1000,
-        "vaa.estimates": 2,
-        "vaa.every": 1,
-        "device": "cpu",
-    },
+    fixed={**CPU},
     seeds=5,
     samples_per_point=1,
     inactive=(Inactive("warmup.fraction", "warmup.steps", 0, 0.0),),
