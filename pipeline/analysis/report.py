@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.analysis import figures as figures
 from pipeline.analysis import stats
+from pipeline.analysis.results import scan
 from pipeline.core.config import MNIST_TASKS
 
 REQUIRED_TRIALS = ["experiment", "trial_id", "status", "task.name", "task.seq_len",
@@ -58,7 +59,7 @@ def load_table(results: str | Path, space: str, name: str,
         raise ValueError(f"no {name} table at {path}; run `python -m pipeline.sweep --space "
                          f"{space}` first or pass --results")
     try:
-        df = pd.read_parquet(path)
+        df = scan(lambda: pd.read_parquet(path))  # a live sweep may compact meanwhile
     except Exception as exc:  # pyarrow raises several types; all mean "unreadable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read the {name} table at {path}: {first}") from exc

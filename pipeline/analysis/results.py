@@ -35,10 +35,11 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -100,6 +101,7 @@ TABLES: dict[str, pa.Schema] = {"trials": TRIALS_SCHEMA, "curves": CURVES_SCHEMA
 _KEYS = {"trials": ["experiment", "trial_id", "replica"],
          "curves": ["experiment", "trial_id", "replica", "phase", "step"]}
 _COMPACTED = "compacted.parquet"
+T = TypeVar("T")
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -143,6 +145,21 @@ def _tables_of(fs: pafs.FileSystem, folder: str) -> list[str]:
         raise ResultsError(f"cannot list {folder}: {exc}") from None
     return sorted(i.path for i in infos if i.type == pafs.FileType.File
                   and i.base_name.endswith(".parquet") and i.base_name[0] not in "._")
+
+
+def scan(read: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``read`` (which lists a table's files, then opens them) again when a listed file
+    vanished before it was opened: a live sweep's compaction swaps the per-run files for one
+    merged file between the two steps, and the next listing sees the merged file. Any other
+    error, or a file that keeps vanishing, is raised."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def writable_folder(path: str, what: str = "folder") -> None:
@@ -277,11 +294,13 @@ class Store:
         return self._read_arrow(table).to_pandas()
 
     def _read_arrow(self, table: str) -> pa.Table:
-        files = _tables_of(self.fs, self.folder(table))
-        if not files:
-            return to_table([], TABLES[table])
-        data = ds.dataset(files, schema=TABLES[table], format="parquet", filesystem=self.fs)
-        return _dedupe_arrow(data.to_table(), table)
+        def read() -> pa.Table:
+            files = _tables_of(self.fs, self.folder(table))
+            if not files:
+                return to_table([], TABLES[table])
+            data = ds.dataset(files, schema=TABLES[table], format="parquet", filesystem=self.fs)
+            return _dedupe_arrow(data.to_table(), table)
+        return scan(read)
 
     def trial_ids(self) -> set[str]:
         """Run ids (``trial_id``) of the runs already written (and so never run again)."""
@@ -706,10 +725,13 @@ def load(space: str, table: str = "trials", *, results: str = "results",
     root = f"{store.base}/{table}"
     if store.fs.get_file_info(root).type != pafs.FileType.Directory:
         return to_table([], TABLES[table]).to_pandas()
-    data = ds.dataset(root, schema=TABLES[table], format="parquet", filesystem=store.fs,
-                      partitioning=None)
     flt = None
     if experiments is not None:
         names = [experiments] if isinstance(experiments, str) else list(experiments)
         flt = ds.field("experiment").isin(names)
-    return _dedupe_arrow(data.to_table(filter=flt), table).to_pandas()
+
+    def read() -> pa.Table:
+        data = ds.dataset(root, schema=TABLES[table], format="parquet", filesystem=store.fs,
+                          partitioning=None)
+        return _dedupe_arrow(data.to_table(filter=flt), table)
+    return scan(read).to_pandas()

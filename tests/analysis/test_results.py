@@ -97,6 +97,33 @@ def test_compaction_keeps_rows_and_load_drops_crash_duplicates(tmp_path: Path) -
     assert len(pd.read_parquet(tmp_path / "sp" / "curves")) == 6
 
 
+def test_a_reader_racing_a_compaction_sees_every_row_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader lists the per-run files; before it opens them another process compacts them
+    away (what a watcher of a finishing sweep meets). The read retries on the new listing."""
+    import pipeline.analysis.results as results
+    writer = Store(str(tmp_path), "sp", "e")
+    for tid in ("t1", "t2", "t3"):
+        writer.write_trial(tid, *record_rows(_record()))
+    listed = results._tables_of
+    raced: list[str] = []
+
+    def list_then_compact(fs: Any, folder: str) -> list[str]:
+        files = listed(fs, folder)
+        if not raced:
+            raced.append(folder)
+            with monkeypatch.context() as m:
+                m.setattr(results, "_tables_of", listed)
+                assert Store(str(tmp_path), "sp", "e").compact()
+        return files
+
+    monkeypatch.setattr(results, "_tables_of", list_then_compact)
+    assert Store(str(tmp_path), "sp", "e").trial_ids() == {"t1", "t2", "t3"}
+    assert raced  # the race did happen: the first listing named files that were gone
+    assert sorted(p.name for p in (tmp_path / "sp" / "trials" / "e").iterdir()) == [
+        "compacted.parquet"]
+
+
 def test_corrupt_files_and_unwritable_folders_are_reported(tmp_path: Path) -> None:
     store = Store(str(tmp_path), "sp", "e")
     store.write_trial("t1", *record_rows(_record()))
