@@ -587,7 +587,8 @@ def _run_locked(args: argparse.Namespace, space: SearchSpace | None, exp: str, s
                 store.compact()
                 if not settings.get("finished_at"):  # a finished one keeps its own timing
                     settings = {**settings, "finished_at": datetime.now(UTC).isoformat(),
-                                "wall_s": round(time.monotonic() - t0, 1)}
+                                "wall_s": round(time.monotonic() - t0, 1),
+                                "driver_cpus": os.cpu_count()}
                     store.write_json(store.experiment_json, settings)
             except OSError as exc:
                 print(f"sweep: error: every run is recorded, but finishing the tables failed: "

@@ -23,9 +23,9 @@ _LINESTYLES = ["-", "--", ":", "-."]
 _MARKERS = ["v", "s", "D", "^", "P", "*", "o"]
 
 
-def _grid(nrows: int, ncols: int) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(min(max(4.2 * ncols, 6.4), 24), min(3.2 * nrows + 0.6, 40)), dpi=100,
-                 layout="constrained")
+def _grid(nrows: int, ncols: int, height: float | None = None) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(min(max(4.2 * ncols, 6.4), 24),
+                          height or min(3.2 * nrows + 0.6, 40)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # render with Agg, whatever backend pyplot may have chosen
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
     return fig, axes
@@ -116,9 +116,14 @@ def success_vs_length(success: pd.DataFrame, path: Path, *, xlabel: str,
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("share of seeds that learned")
         ax.set_title(f"{task} · {cell}")
-        ax.legend(fontsize=7, title="warm-up arm", title_fontsize=7)
     for k in range(len(rows), axes.size):
         axes[k // ncols, k % ncols].set_axis_off()
+    labelled = {}  # one legend for the figure, outside the panels: the arms are shared
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(list(labelled.values()), list(labelled), loc="outside right upper", fontsize=7,
+               title="warm-up arm", title_fontsize=7)
     fig.suptitle(f"{title}; bars: Wilson 95% intervals")
     fig.savefig(path)
     return Path(path)
@@ -188,11 +193,13 @@ def tradeoff(trade: pd.DataFrame, path: Path, *, ylabel: str) -> Path:
             offsets = np.linspace(-0.25, 0.25, len(grp)) if len(grp) > 1 else [0.0]
             sub.loc[grp.sort_values(["model.cell", "arm"]).index, "x"] = grp["x"].iloc[0] + \
                 np.asarray(offsets)
+        crowded = len(sub) > 12  # then only the front and the cold arms are named
         for _, r in sub.iterrows():
             ax.scatter(r["x"], r["precision"], color=colors[r["model.cell"]], s=40, zorder=3,
                        marker="o" if r["arm_steps"] > 0 else "s")
-            ax.annotate(f"{r['model.cell']} {r['arm']}", (r["x"], r["precision"]), fontsize=6,
-                        textcoords="offset points", xytext=(4, 3), rotation=20)
+            if not crowded or r["pareto"] or r["arm_steps"] == 0:
+                ax.annotate(f"{r['model.cell']} {r['arm']}", (r["x"], r["precision"]),
+                            fontsize=6, textcoords="offset points", xytext=(4, 3), rotation=20)
         front = sub[sub["pareto"]].sort_values("x")
         ax.plot(front["x"], front["precision"], color="red", linewidth=1.2, marker="o",
                 markersize=11, markerfacecolor="none", zorder=2,
@@ -209,7 +216,9 @@ def tradeoff(trade: pd.DataFrame, path: Path, *, ylabel: str) -> Path:
         ax.set_xlabel("memory horizon: the longest length learned")
         ax.set_ylabel(f"precision: {ylabel} at the shortest length")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title} (up and left is worse: want right and down)")
+    fig.suptitle(f"{title}\n(up and left is worse: want right and down"
+                 + ("; named: the front and the cold arms)" if len(trade) > 12 else ")"),
+                 fontsize=10)
     fig.savefig(path)
     return Path(path)
 
@@ -221,7 +230,9 @@ def overview(success: pd.DataFrame, path: Path, *, xlabel: str, threshold: float
     if success.empty:
         return _message(Path(path), title, "no completed trials to plot")
     tasks = sorted(success["task.name"].unique())
-    fig, axes = _grid(1, len(tasks))
+    most = max(len(success[success["task.name"] == t][["model.cell", "arm"]].drop_duplicates())
+               for t in tasks)
+    fig, axes = _grid(1, len(tasks), height=min(max(3.8, 0.22 * most + 1.4), 40))
     for j, task in enumerate(tasks):
         ax = axes[0, j]
         sub = success[success["task.name"] == task]
@@ -312,5 +323,69 @@ def learning_curves(curves: pd.DataFrame, path: Path) -> Path:
             if len(sub):
                 ax.legend(fontsize=7)
     fig.suptitle(title)
+    fig.savefig(path)
+    return Path(path)
+
+
+def tradeoff_over_f(trade: pd.DataFrame, path: Path, *, threshold: float) -> Path:
+    """The headline figure: per task, a row of memory horizons and a row of precisions against
+    the warm-up fraction f (0 = cold), a column per cell, a line per warm-up length.
+
+    ``trade`` is :func:`pipeline.analysis.claims.tradeoff_frame`: task, cell, steps, fraction,
+    horizon, precision (median error at the shortest length among the seeds that learned),
+    learned and n there. The horizon axis has one even step per length run. A fraction whose
+    seeds all failed at the shortest length has no precision: a cross at the panel's foot.
+    """
+    title = "Precision / memory trade-off over the warm-up fraction"
+    if trade.empty:
+        return _message(Path(path), title, "no arm to draw")
+    tasks = sorted(trade["task.name"].unique())
+    cells = sorted(trade["model.cell"].unique())
+    fig, axes = _grid(2 * len(tasks), len(cells))
+    all_steps = sorted(int(s) for s in trade["steps"].unique())
+    for i, task in enumerate(tasks):
+        sub = trade[trade["task.name"] == task]
+        levels = sorted({0.0, *sub["horizon"].unique()})
+        pos = {v: float(k) for k, v in enumerate(levels)}
+        for j, cell in enumerate(cells):
+            mem_ax, pre_ax = axes[2 * i, j], axes[2 * i + 1, j]
+            here = sub[sub["model.cell"] == cell]
+            for steps in all_steps:
+                line = here[here["steps"] == steps].sort_values("fraction")
+                if line.empty:
+                    continue
+                k = all_steps.index(steps)
+                style = {"color": colormaps["viridis"](0.15 + 0.6 * k / max(1, len(all_steps) - 1)),
+                         "linestyle": _LINESTYLES[k % len(_LINESTYLES)], "marker": "o"}
+                mem_ax.plot(line["fraction"], line["horizon"].map(pos), label=f"{steps} steps",
+                            **style)
+                pre_ax.plot(line["fraction"], line["precision"], label=f"{steps} steps", **style)
+                miss = line[line["precision"].isna()]
+                pre_ax.scatter(miss["fraction"], [0.04] * len(miss), marker="x", zorder=3,
+                               color=style["color"], transform=pre_ax.get_xaxis_transform())
+            mem_ax.set_yticks(list(pos.values()))
+            mem_ax.set_yticklabels(["none" if v <= 0 else f"{v:g}" for v in levels])
+            mem_ax.set_ylim(-0.3, len(levels) - 0.7)
+            mem_ax.set_title(f"{task} · {cell}: memory")
+            pre_ax.set_title(f"{task} · {cell}: precision")
+            prec = here["precision"].dropna()
+            if prec.empty:
+                pre_ax.set_yticks([])
+                pre_ax.text(0.5, 0.5, "no seed learned at the shortest T", ha="center",
+                            va="center", transform=pre_ax.transAxes)
+            else:
+                _logy(pre_ax, prec)
+            for ax in (mem_ax, pre_ax):
+                ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+                ax.set_xticklabels(["cold", ".25", ".5", ".75", "1"])
+                ax.set_xlim(-0.08, 1.08)
+                ax.set_xlabel("warm-up fraction f")
+                ax.grid(alpha=0.3)
+            if j == 0:
+                mem_ax.set_ylabel("memory horizon (T)")
+                pre_ax.set_ylabel("median test error\nat the shortest T (learned)")
+            mem_ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (learned: error < {threshold:g}; memory up and precision down "
+                 f"is better; x: no seed learned)")
     fig.savefig(path)
     return Path(path)

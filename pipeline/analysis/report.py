@@ -226,7 +226,7 @@ def build_report(trials: pd.DataFrame, curves: pd.DataFrame, out: str | Path, *,
                          f"--where KEY=VALUE")
     selected, settings = stats.select_settings(completed, nuisance, select=select)
     points = stats.point_table(selected)
-    trade = stats.tradeoff_table(points, threshold)
+    trade = stats.tradeoff_table(selected, threshold)
     vaa = stats.vaa_table(completed)
     mean_curves = stats.mean_curves(curves, selected)
     tasks = sorted(df["task.name"].astype(str).unique())
@@ -276,9 +276,11 @@ Task(s): {", ".join(tasks)}. Error: {error_name(task)}; length: {length_name(tas
 - **Selection** (`--select {select}`): {SELECTION[select]}.
 - **95% CI**: mean over seeds ± t(0.975, n-1) · s / sqrt(n), Student-t with the sample standard
   deviation s (ddof 1) over the n seeds at the point; none when n < 2.
-- **Memory horizon** of an arm: the longest length whose mean error over seeds is below the
-  threshold **{thr}** (`--threshold`); 0 when no length is learned.
-- **Precision** of an arm: its mean error at the shortest length of the sweep (lower is better).
+- **Memory horizon** of an arm: the longest length that most of its seeds learned (error below
+  the threshold **{thr}**, `--threshold`; 3 of 5, 2 of 3); 0 when no length is. Seeds split
+  between learning and chance, which a mean hides.
+- **Precision** of an arm: the median error at the shortest length of the sweep among the seeds
+  that learned there (how many: `learned_short` of `n_short`; lower is better).
 - **Pareto front**: arms not dominated in (maximise memory, minimise precision error).
 - **Rank correlation**: Spearman's rho, the Pearson correlation of average ranks, of the VAA after
   warm-up (`vaa_warm`; `vaa_init` for a cold network without a `vaa_warm`) against the error,

@@ -8,6 +8,7 @@ distribution's CDF written through the regularised incomplete beta function (Num
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -163,6 +164,45 @@ def memory_horizon(lengths: Sequence[float], errors: Sequence[float],
     return float(learned.max()) if learned.size else 0.0
 
 
+def majority_horizon(lengths: Sequence[float], learned: Sequence[int],
+                     n: Sequence[int]) -> float:
+    """The longest length that most seeds learned: ``learned > n / 2`` (3 of 5, 2 of 3).
+
+    Robust where seeds split between learning (error ~0.001) and chance (~1), which the mean
+    hides: one failed seed of five lifts the mean above any threshold. Taken literally, as
+    :func:`memory_horizon`; 0.0 when no length is.
+    """
+    ok = 2 * np.asarray(learned, dtype=float) > np.asarray(n, dtype=float)
+    return memory_horizon(lengths, np.where(ok, 0.0, 1.0), 0.5)
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], *, draws: int = 20000,
+                  seed: int = 0) -> float:
+    """Two-sided permutation p-value of the difference of the means of ``a`` and ``b``.
+
+    Every split of the pooled values into groups of ``len(a)`` and ``len(b)`` is enumerated
+    when there are at most ``draws`` of them (exact: 252 for 5 against 5); otherwise ``draws``
+    seeded random splits are used. p = share of splits whose |mean difference| is at least the
+    observed one (within 1e-12), the observed split included, so p >= 1 / splits. NaN when a
+    group is empty.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if not len(x) or not len(y):
+        return math.nan
+    pooled = np.concatenate([x, y])
+    total, k = pooled.sum(), len(x)
+    observed = abs(x.mean() - y.mean())
+    if math.comb(len(pooled), k) <= draws:
+        idx = np.array(list(itertools.combinations(range(len(pooled)), k)), dtype=int)
+    else:
+        rng = np.random.default_rng(seed)
+        idx = np.stack([rng.permutation(len(pooled))[:k] for _ in range(draws)])
+    sums = pooled[idx].sum(axis=1)
+    diff = np.abs(sums / k - (total - sums) / len(y))
+    return float(np.mean(diff >= observed - 1e-12))
+
+
 def pareto_front(memory: Sequence[float], error: Sequence[float]) -> np.ndarray:
     """Mask of the points not dominated when maximising memory and minimising error.
 
@@ -312,23 +352,30 @@ def point_table(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*POINT, "n", "mean", "half"])
 
 
-def tradeoff_table(points: pd.DataFrame, threshold: float = 0.1) -> pd.DataFrame:
-    """Memory horizon, precision and Pareto membership of every arm.
+def tradeoff_table(selected: pd.DataFrame, threshold: float = 0.1) -> pd.DataFrame:
+    """Memory horizon, precision and Pareto membership of every arm, from its seeds' rows.
 
-    Memory: :func:`memory_horizon` of the arm's mean errors. Precision: the arm's mean error at the
-    shortest length of its task in the sweep (NaN when the arm lacks it). The Pareto front is
-    computed within each task.
+    Seeds split between learning and chance, so both are taken over seeds, not from a mean:
+    memory is :func:`majority_horizon` (the longest length most seeds learned, error below
+    ``threshold``); precision is the median error at the shortest length of the arm's task
+    among the seeds that learned there (``learned_short`` of ``n_short``; NaN when none did).
+    The Pareto front is computed within each task.
     """
-    cols = [*ARM, "lengths", "memory", "precision", "pareto"]
-    if points.empty:
+    cols = [*ARM, "lengths", "memory", "precision", "learned_short", "n_short", "pareto"]
+    if selected.empty:
         return pd.DataFrame(columns=cols)
-    shortest = points.groupby("task.name")["length"].min()
+    success = success_table(selected, threshold)
+    shortest = selected.groupby("task.name")["length"].min()
+    by_arm = dict(iter(selected.groupby(ARM, dropna=False, sort=True)))
     rows = []
-    for key, grp in points.groupby(ARM, dropna=False, sort=True):
-        at_short = grp.loc[grp["length"] == shortest[key[0]], "mean"]
+    for key, grp in success.groupby(ARM, dropna=False, sort=True):
+        arm = by_arm[key]
+        short = arm.loc[arm["length"] == shortest[key[0]], "test_error"].astype(float).dropna()
+        good = short[short < threshold]
         rows.append({**dict(zip(ARM, key, strict=True)), "lengths": len(grp),
-                     "memory": memory_horizon(grp["length"], grp["mean"], threshold),
-                     "precision": float(at_short.iloc[0]) if len(at_short) else math.nan})
+                     "memory": majority_horizon(grp["length"], grp["learned"], grp["n"]),
+                     "precision": float(good.median()) if len(good) else math.nan,
+                     "learned_short": len(good), "n_short": len(short)})
     trade = pd.DataFrame(rows, columns=cols)
     trade["pareto"] = False
     for _, grp in trade.groupby("task.name"):

@@ -107,6 +107,23 @@ def test_ci95_by_hand() -> None:
     assert stats.ci95([])[2] == 0
 
 
+def test_majority_horizon_and_permutation_p_by_hand() -> None:
+    assert stats.majority_horizon([10, 20, 40], [5, 3, 2], [5, 5, 5]) == 20  # 3 of 5, not 2
+    assert stats.majority_horizon([10, 20], [1, 1], [2, 2]) == 0  # half is not most
+    assert stats.majority_horizon([10, 20, 40], [2, 0, 2], [3, 3, 3]) == 40  # literally longest
+    # every value of one group above every value of the other: 2 of C(10, 5) = 252 splits
+    assert stats.permutation_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert stats.permutation_p([1, 2], [1, 2]) == 1.0
+    assert math.isnan(stats.permutation_p([], [1.0]))
+    # {0, 0, 1} against {1, 1}, observed |1/3 - 1| = 2/3. The C(5, 3) = 10 splits of
+    # {0, 0, 1, 1, 1}: 3 hold both zeros (2/3), 6 hold one zero (|2/3 - 1/2| = 1/6), 1 holds
+    # none (|1 - 0| = 1): 4 of 10 are as extreme.
+    assert stats.permutation_p([0.0, 0.0, 1.0], [1.0, 1.0]) == pytest.approx(0.4)
+    # beyond `draws` splits it samples, seeded: the same answer twice
+    big = (list(range(20)), list(range(5, 25)))
+    assert stats.permutation_p(*big, draws=500) == stats.permutation_p(*big, draws=500)
+
+
 def test_memory_horizon_by_hand() -> None:
     assert stats.memory_horizon([10, 20, 40], [0.05, 0.08, 0.5]) == 20
     assert stats.memory_horizon([10, 20, 40], [0.05, 0.08, 0.09]) == 40
@@ -200,8 +217,8 @@ def test_cold_rows_form_one_arm_whatever_their_fraction() -> None:
 
 
 def test_tradeoff_memory_precision_and_front_by_hand() -> None:
-    _, _, points = _analysis()
-    trade = stats.tradeoff_table(points, threshold=0.1)
+    selected, _, _ = _analysis()
+    trade = stats.tradeoff_table(selected, threshold=0.1)
     assert len(trade) == 6
     for r in trade.itertuples(index=False):
         cell, arm = r[1], r.arm
@@ -209,9 +226,12 @@ def test_tradeoff_memory_precision_and_front_by_hand() -> None:
         assert ((cell, arm) in FRONT) == bool(r.pareto), (cell, arm)
     prec = {(r[1], r.arm): r.precision for r in trade.itertuples(index=False)}
     assert prec[("gru", "cold")] == pytest.approx(0.02)
-    assert prec[("brc", "f=1, 5 steps")] == pytest.approx(0.20)
+    assert prec[("gru", "f=1, 5 steps")] == pytest.approx(0.08)  # median of 0.07, 0.08, 0.09
+    assert math.isnan(prec[("brc", "f=1, 5 steps")])  # no seed learned at T = 10
+    # gru f=1 at T = 40 (0.08, 0.09, 0.10): 2 of 3 seeds learned, a majority
+    assert trade.set_index(["model.cell", "arm"]).loc[("gru", "f=1, 5 steps"), "memory"] == 40
     # A looser threshold lengthens memory: gru cold stays at 10, gru f=0.5 now learns T = 40.
-    loose = stats.tradeoff_table(points, threshold=0.65)
+    loose = stats.tradeoff_table(selected, threshold=0.65)
     assert loose.set_index(["model.cell", "arm"]).loc[("gru", "f=0.5, 5 steps"), "memory"] == 40
 
 
